@@ -1,0 +1,66 @@
+import pytest
+import torch
+from torch import nn
+from dl2021.core import set_seed
+from dl2021.data import fashion_mnist, Augment
+from dl2021.train import fit, EMA, save_checkpoint, load_checkpoint, NonFiniteLoss, evaluate
+
+
+def small_net():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 10))
+
+
+@pytest.fixture(scope='module')
+def split():
+    return fashion_mnist('train', n=600, device='cpu')
+
+
+def _run(split, seed):
+    set_seed(seed)
+    return fit(small_net(), split.batches(64, shuffle=True, tfm=Augment(translate=1, flip=True, erase=0.3)),
+               epochs=2, lr=3e-3, log=False).losses
+
+
+def test_same_seed_same_losses(split):
+    a, b = _run(split, 3), _run(split, 3)
+    assert len(a) == 2 * (600 // 64)
+    assert a == b
+    assert a != _run(split, 4)
+
+
+def test_checkpoint_round_trip(split, tmp_path):
+    set_seed(0)
+    m = small_net()
+    opt = torch.optim.AdamW(m.parameters())
+    fit(m, split.batches(100, shuffle=True), epochs=1, opt=opt, sched=None, log=False)
+    p = save_checkpoint(tmp_path / 'ck' / 'm.pt', m, opt, epoch=1, note='x')
+    assert not [f for f in p.parent.iterdir() if f.suffix == '.tmp']       # no temporary file left behind
+    m2 = small_net(); opt2 = torch.optim.AdamW(m2.parameters())
+    meta = load_checkpoint(p, m2, opt2)
+    assert meta == {'epoch': 1, 'note': 'x'}
+    m.eval(); m2.eval()
+    with torch.no_grad(): assert torch.equal(m(split.x[:16]), m2(split.x[:16]))
+    assert opt2.state_dict()['state'].keys() == opt.state_dict()['state'].keys()
+
+
+def test_checkpoint_refuses_code(tmp_path):
+    "weights_only loading: a pickle carrying an arbitrary object is refused."
+    p = tmp_path / 'evil.pt'
+    torch.save({'model': {}, 'opt': None, 'meta': {'f': print}}, p)
+    with pytest.raises(Exception): load_checkpoint(p)
+
+
+def test_nan_guard_fires_on_poisoned_batch():
+    s = fashion_mnist('train', n=320, device='cpu')
+    s.x[200] = float('nan')                                               # batch 6 of 10 (bs 32, no shuffle)
+    with pytest.raises(NonFiniteLoss, match='step 6'):
+        fit(small_net(), s.batches(32), epochs=1, log=False, check_every=3)
+
+
+def test_ema_tracks_and_evaluates(split):
+    set_seed(0)
+    m = small_net(); ema = EMA(m, beta=0.9)
+    h = fit(m, split.batches(100, shuffle=True), epochs=1, lr=3e-3, valid=split.batches(300), ema=ema, log=False)
+    assert ema.n == len(split) // 100
+    assert not torch.equal(ema.module[0].weight, m[0].weight)
+    assert h.last['valid_acc'] == pytest.approx(evaluate(ema.module, split.batches(300))['acc'])
