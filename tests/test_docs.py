@@ -64,12 +64,25 @@ def test_every_page_in_sidebar_once_and_grouped():
     assert sections == sorted(sections, key=allowed.index), 'sections out of the course order'
 
 
+# nbdev's own directives (and the course's test flags): Quarto cell options such as `#| echo: false` are fine
+NBDEV_DIRECTIVES = {'export', 'exports', 'exporti', 'default_exp', 'hide', 'hide_input', 'hide_output', 'exec_doc',
+                    'filter_stream', 'collapse_output', 'gpu', 'slow', 'skip_exec', 'skip_showdoc'}
+
+
+def _key(line: str) -> str: return line.lstrip()[2:].strip().split(':')[0].split()[0] if line.strip() != '#|' else ''
+
+
 def _front_matter(nb: dict) -> dict:
-    "Front matter of a processed notebook: its first raw cell, YAML between --- lines."
+    "Front matter of a processed notebook: YAML between --- lines in its first cell, where Quarto reads it."
     first = nb['cells'][0]
     src = ''.join(first['source'])
-    assert first['cell_type'] == 'raw' and src.startswith('---'), 'no front matter cell'
-    return yaml.safe_load(src.strip().strip('-'))
+    assert first['cell_type'] in ('raw', 'markdown') and src.startswith('---\n'), 'no front matter cell'
+    return yaml.safe_load(src.split('---')[1])
+
+
+def test_directive_key():
+    assert [_key(l) for l in ('#| export', '#|hide', '#| default_exp core', '#| echo: false')] == \
+        ['export', 'hide', 'default_exp', 'echo']
 
 
 def test_processed_pages(proc):
@@ -83,7 +96,8 @@ def test_processed_pages(proc):
             fm = _front_matter(nb)
             for c in nb['cells']:
                 if c['cell_type'] != 'code': continue
-                leaked = [l for l in ''.join(c['source']).splitlines() if l.lstrip().startswith('#|')]
+                leaked = [l for l in ''.join(c['source']).splitlines()
+                          if l.lstrip().startswith('#|') and _key(l) in NBDEV_DIRECTIVES]
                 assert not leaked, f'{p}: nbdev directive leaked into the page: {leaked}'
         assert fm.get('title') and fm.get('description'), f'{p} lacks a title or description: {fm}'
     assert (proc / '_quarto.yml').exists() and (proc / 'results.md').exists()
