@@ -162,8 +162,10 @@ def param_groups(model: nn.Module, wd: float) -> list[dict]:
 def onecycle(pct_start: float = 0.25):
     "A `sched` for `fit`: one-cycle schedule (warm-up then cosine annealing) peaking at the optimiser's lr."
     def make(opt, total_steps):
+        if total_steps < 3: return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.)   # too short for two phases
+        pct = max(pct_start, 2 / total_steps)                    # very short runs: each phase at least one step
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g['lr'] for g in opt.param_groups],
-                                                   total_steps=total_steps, pct_start=pct_start)
+                                                   total_steps=total_steps, pct_start=pct)
     return make
 
 def fit(model: nn.Module, train, epochs: int = 1, lr: float = 1e-3, valid=None, step=supervised_step,

@@ -38,7 +38,8 @@ def main():
     # 3: every notebook, CPU smoke preset, gpu/slow cells skipped (settings.ini tst_flags)
     nbs = notebooks()
     env = {'DL2021_PRESET': 'smoke', 'DL2021_PROGRESS': '0', 'MPLBACKEND': 'Agg'}
-    p, times['nbdev_test'] = run(f'nbdev_test ({len(nbs)} notebooks)', [BIN / 'nbdev_test', '--n_workers', '2', '--timing'], env)
+    nb_env = {**env, 'OMP_NUM_THREADS': '1'}        # two notebooks at a time on two cores: one thread each
+    p, times['nbdev_test'] = run(f'nbdev_test ({len(nbs)} notebooks)', [BIN / 'nbdev_test', '--n_workers', '2', '--timing'], nb_env)
     bad = set(re.findall(r'^\s+(\S+\.ipynb)\s*$', p.stdout.split('Tests Failed On The Following Notebooks:')[-1], re.M)) \
         if p.returncode else set()
     if p.returncode and not bad: bad = {'(nbdev_test itself)'}
