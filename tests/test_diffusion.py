@@ -1,0 +1,158 @@
+"Tests of dl2021.diffusion and dl2021.fid (CPU, a few seconds)."
+import math
+import torch
+import pytest
+from dl2021.diffusion import (linear_betas, cosine_betas, Schedule, q_sample, q_posterior, UNet, ddpm_loss,
+                              make_diffusion_step, ddpm_sample, ddim_sample, respace, extract, predict_x0)
+from dl2021.fid import fid_from_feats, frechet_distance, sqrtm_psd
+
+
+def test_schedules():
+    b = linear_betas()
+    assert b.shape == (1000,) and math.isclose(b[0].item(), 1e-4) and math.isclose(b[-1].item(), 0.02)
+    c = cosine_betas()
+    s = Schedule(c)
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+    assert math.isclose(s.alpha_bar[499].item(), f(500) / f(0), rel_tol=1e-5)   # ᾱ_t = f(t)/f(0)
+    assert c.max() <= 0.999
+    s = Schedule(b)
+    assert torch.allclose(s.alpha_bar, torch.cumprod(1 - b, 0).float())
+    assert s.beta_tilde[0] == 0 and (s.beta_tilde[1:] < s.betas[1:]).all()
+
+
+def test_closed_form_matches_iterated_forward_process():
+    "q(x_t | x_0) in one step has the mean and variance of t one-step noisings (statistically)."
+    s = Schedule(linear_betas())
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.tensor([0.9, -0.5, 0.0]).repeat(40_000, 1)
+    x, t = x0.clone(), 250
+    for i in range(t): x = (1 - s.betas[i]).sqrt() * x + s.betas[i].sqrt() * torch.randn(x.shape, generator=g)
+    xt = q_sample(x0, torch.full((len(x0),), t - 1), torch.randn(x0.shape, generator=g), s)
+    assert torch.allclose(x.mean(0), xt.mean(0), atol=0.03) and torch.allclose(x.var(0), xt.var(0), atol=0.03)
+    assert torch.allclose(xt.mean(0), s.sqrt_alpha_bar[t - 1] * x0[0], atol=0.03)
+    assert torch.allclose(xt.var(0), (1 - s.alpha_bar[t - 1]).expand(3), atol=0.03)
+
+
+def test_posterior_is_bayes():
+    "μ̃_t, β̃_t equal the Gaussian conditioning of q(x_{t-1}|x_0) q(x_t|x_{t-1}) (scalar check)."
+    s = Schedule(linear_betas())
+    t = 400
+    ab_prev, a = s.alpha_bar[t - 1].double(), s.alphas[t].double()
+    x0, xt = torch.tensor(0.3, dtype=torch.float64), torch.tensor(-0.2, dtype=torch.float64)
+    prior_var, lik_var = 1 - ab_prev, 1 - a                          # x_{t-1} ~ N(√ᾱ_{t-1} x0, 1-ᾱ_{t-1}); x_t|x_{t-1} ~ N(√α x, β)
+    post_var = 1 / (1 / prior_var + a / lik_var)
+    post_mean = post_var * (ab_prev.sqrt() * x0 / prior_var + a.sqrt() * xt / lik_var)
+    mean, var = q_posterior(x0.float().view(1, 1, 1, 1), xt.float().view(1, 1, 1, 1), torch.tensor([t]), s)
+    assert math.isclose(mean.item(), post_mean.item(), rel_tol=1e-4) and math.isclose(var.item(), post_var.item(), rel_tol=1e-4)
+
+
+def test_unet_shapes_and_param_count():
+    m = UNet(ch=16, ch_mult=(1, 2), n_res=1, attn_res=(16,), n_classes=10)
+    x = torch.randn(3, 1, 32, 32)
+    assert m(x, torch.tensor([0, 5, 999]), torch.tensor([0, 9, 10])).shape == (3, 1, 32, 32)
+    assert m(x, torch.tensor([0, 5, 999])).shape == (3, 1, 32, 32)              # no label = token n_classes
+    assert UNet(c_in=2, c_out=2, ch=16, ch_mult=(1,), attn_res=())(torch.randn(1, 2, 32, 32), torch.tensor([3])).shape == (1, 2, 32, 32)
+    # DDPM's CIFAR-10 network (ch 128, mult 1,2,2,2, attention at 16) has 35.7M parameters (Ho et al. Sec. 4)
+    n = sum(p.numel() for p in UNet(c_in=3, c_out=3, ch=128, ch_mult=(1, 2, 2, 2), attn_res=(16,)).parameters())
+    assert abs(n / 1e6 - 35.7) < 0.1
+
+
+def test_loss_and_step():
+    s = Schedule(linear_betas(100))
+    zero = lambda x, t, y=None: torch.zeros_like(x)
+    assert abs(ddpm_loss(zero, torch.randn(256, 1, 8, 8), s).item() - 1) < 0.05
+    m = UNet(ch=16, ch_mult=(1,), n_res=1, attn_res=(), n_classes=10)
+    out = make_diffusion_step(s, labels=True, p_uncond=0.5)(m, (torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])))
+    out['loss'].backward()
+    assert out['loss'].ndim == 0 and all(p.grad is not None for p in m.parameters())
+    # learned-variance outputs: only the first half enters L_simple
+    two = lambda x, t: torch.cat([torch.zeros_like(x), 100 + torch.zeros_like(x)], 1)
+    assert abs(ddpm_loss(two, torch.randn(256, 1, 8, 8), s).item() - 1) < 0.05
+
+
+def test_respace():
+    s = Schedule(linear_betas())
+    r, S = respace(s, 1000)
+    assert torch.equal(S, torch.arange(1000)) and torch.allclose(r.betas, s.betas, atol=1e-7)
+    r, S = respace(s, 25)
+    assert r.T == 25 and S[0] == 0 and S[-1] == 999 and torch.equal(r.timesteps, S)
+    assert torch.allclose(r.alpha_bar, s.alpha_bar[S], rtol=1e-5)
+
+
+@pytest.mark.parametrize('sampler', ['ddpm', 'ddpm_respaced', 'ddim', 'ddim_eta1'])
+def test_samplers_recover_the_data_with_an_oracle(sampler):
+    "If the data is one image x*, the exact ε is (x_t - √ᾱ_t x*)/√(1-ᾱ_t); every sampler must land on x*."
+    s = Schedule(linear_betas())
+    x_star = torch.rand(1, 8, 8) * 2 - 1
+    seen = []
+    def oracle(x, t):
+        seen.append(int(t[0]))
+        return (x - extract(s.sqrt_alpha_bar, t) * x_star) / extract(s.sqrt_one_minus_alpha_bar, t)
+    g = torch.Generator().manual_seed(0)
+    if sampler == 'ddpm': out = ddpm_sample(oracle, (3, 1, 8, 8), s, generator=g)
+    elif sampler == 'ddpm_respaced': out = ddpm_sample(oracle, (3, 1, 8, 8), respace(s, 40)[0], generator=g)
+    elif sampler == 'ddim': out = ddim_sample(oracle, (3, 1, 8, 8), s, steps=20, generator=g)
+    else: out = ddim_sample(oracle, (3, 1, 8, 8), s, steps=20, eta=1., generator=g)
+    assert torch.allclose(out, x_star.expand(3, -1, -1, -1), atol=1e-3)
+    assert seen[0] == 999 and seen[-1] == 0                  # the network is told the original steps
+
+
+def test_ddim_eta0_is_deterministic_and_ddpm_uses_generator():
+    s = Schedule(linear_betas())
+    f = lambda x, t: 0.1 * x
+    x_T = torch.randn(2, 1, 8, 8)
+    a = ddim_sample(f, None, s, steps=10, x_T=x_T, generator=torch.Generator().manual_seed(0))
+    b = ddim_sample(f, None, s, steps=10, x_T=x_T, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    c = ddpm_sample(f, (2, 1, 8, 8), respace(s, 10)[0], generator=torch.Generator().manual_seed(0))
+    d = ddpm_sample(f, (2, 1, 8, 8), respace(s, 10)[0], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(c, d)
+
+
+def test_fid_closed_forms():
+    mu1, mu2 = torch.tensor([0., 1., 2.], dtype=torch.float64), torch.tensor([1., 1., 0.], dtype=torch.float64)
+    s1 = torch.diag(torch.tensor([1., 4., 9.], dtype=torch.float64)); s2 = torch.diag(torch.tensor([4., 1., 1.], dtype=torch.float64))
+    assert math.isclose(frechet_distance(mu1, s1, mu2, s2), 5 + 6, rel_tol=1e-9)          # ‖Δμ‖² + Σ(σ1-σ2)²
+    A = torch.randn(6, 6, dtype=torch.float64); S = A @ A.T
+    assert torch.allclose(sqrtm_psd(S) @ sqrtm_psd(S), S, atol=1e-8)
+    # 1-d Gaussians: (μ1-μ2)² + (σ1-σ2)²
+    assert math.isclose(frechet_distance(mu1[:1], torch.eye(1, dtype=torch.float64) * 4, mu2[:1], torch.eye(1, dtype=torch.float64) * 9), 1 + 1, rel_tol=1e-9)
+    f = torch.randn(1000, 16)
+    assert abs(fid_from_feats(f, f)) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    big1, big2 = torch.randn(200_000, 2, generator=g), torch.randn(200_000, 2, generator=g) * 2 + 1
+    assert abs(fid_from_feats(big1, big2) - (2 + 2)) < 0.05                                 # 2·1² + 2·(2-1)²
+
+
+def test_improved_ddpm_pieces():
+    from dl2021.improved_ddpm import (normal_kl, discretized_gaussian_log_likelihood, vb_terms, hybrid_loss, nll_bpd,
+                                      eps_var_fn)
+    from dl2021.diffusion import learned_log_variance
+    s = Schedule(cosine_betas(20))
+    t = torch.tensor([5])
+    # Σ_θ interpolates log β_t (v = 1) and log β̃_t (v = -1)
+    assert torch.allclose(learned_log_variance(torch.ones(1, 1, 1, 1), t, s).flatten(), s.log_betas[5:6])
+    assert torch.allclose(learned_log_variance(-torch.ones(1, 1, 1, 1), t, s).flatten(), s.log_beta_tilde[5:6])
+    # KL of 1-d Gaussians against the textbook formula
+    m1, v1, m2, v2 = 0.3, 0.5, -0.1, 2.0
+    ref = math.log(math.sqrt(v2 / v1)) + (v1 + (m1 - m2) ** 2) / (2 * v2) - 0.5
+    assert math.isclose(normal_kl(torch.tensor(m1), torch.tensor(v1).log(), torch.tensor(m2), torch.tensor(v2).log()).item(), ref, rel_tol=1e-5)
+    # the 256 bins are a probability distribution
+    p = discretized_gaussian_log_likelihood(torch.linspace(-1, 1, 256), torch.tensor(-0.4), torch.tensor(-2.)).exp()
+    assert abs(p.sum().item() - 1) < 1e-5
+    # oracle ε with the true variance: the bound is the decoder term alone
+    x0 = (torch.randint(0, 256, (1, 1, 8, 8)) / 255 * 2 - 1).float()
+    oracle = lambda x, t: (x - extract(s.sqrt_alpha_bar, t) * x0) / extract(s.sqrt_one_minus_alpha_bar, t)
+    total = nll_bpd(oracle, x0, s, fixed='beta_tilde')
+    t0 = torch.zeros(1, dtype=torch.long)
+    x1 = q_sample(x0, t0, torch.randn_like(x0), s)
+    assert torch.allclose(total, vb_terms(oracle(x1, t0), None, x0, x1, t0, s, clip=True, fixed='beta_tilde'), atol=1e-3)
+    # hybrid loss: the vlb part reaches only the variance channel (stop-gradient on the mean)
+    m = UNet(c_out=2, ch=8, ch_mult=(1,), n_res=1, attn_res=(), dropout=0.)
+    torch.manual_seed(0); l_h = hybrid_loss(m, x0.expand(4, -1, -1, -1), s, lam=1.0)
+    torch.manual_seed(0); l_s = ddpm_loss(m, x0.expand(4, -1, -1, -1), s)
+    assert l_h.item() > l_s.item()
+    l_h.backward()
+    assert m.out[-1].weight.grad[1].abs().sum() > 0
+    e, v = eps_var_fn(m)(torch.randn(2, 1, 8, 8), torch.tensor([3, 4]))
+    assert e.shape == v.shape == (2, 1, 8, 8)
