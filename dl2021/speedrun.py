@@ -6,7 +6,7 @@ from functools import partial
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import get_device, set_seed, n_params, Timer
+from .core import get_device, set_seed, n_params, Timer, benchmark
 from .data import Augment, DeviceBatches
 from .train import fit, supervised_step, evaluate, EMA, onecycle, param_groups
 from .convmixer import convmixer_fmnist
@@ -101,7 +101,4 @@ def train_throughput(model: nn.Module, input_shape=(3, 224, 224), bs: int = 64, 
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and cuda):
             loss = F.cross_entropy(net(x).float(), y)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    for _ in range(warmup): step()
-    with Timer(dev) as t:
-        for _ in range(steps): step()
-    return bs * steps / t.s
+    return bs / benchmark(step, iters=steps, warmup=warmup, device=dev)
