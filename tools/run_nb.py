@@ -3,7 +3,7 @@
 
 This is what `make gpu NB=nbs/xx.ipynb` runs on a GPU host. The preset is chosen as everywhere in the course (`full`
 when CUDA is present, else `smoke`; `DL2021_PRESET` overrides). Cells marked `#| eval: false` are skipped, as in nbdev.
-On an error the notebook is left untouched, the partly executed copy is written beside it as `<name>.failed.ipynb`,
+On an error the notebook is left untouched, the partly executed copy is written to `_failed/<name>.ipynb` beside it (a folder nbdev skips),
 and the exit status is 1. Outputs are cleaned the nbdev way (`nbdev_clean`), so the result can be committed as is.
 """
 import argparse, os, sys, time
@@ -42,7 +42,8 @@ def run_notebook(path: Path, dest: Path | None = None) -> float:
         os.chdir(cwd)
     wall = time.perf_counter() - t0
     if shell.exc:
-        failed = path.with_suffix('.failed.ipynb')
+        failed = path.parent / '_failed' / path.name
+        failed.parent.mkdir(exist_ok=True)
         write_nb(nb, failed)
         sys.stderr.write(shell.prettytb(fname=path) + f'\nPartly executed notebook written to {failed}\n')
         raise SystemExit(1)
