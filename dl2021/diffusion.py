@@ -52,7 +52,7 @@ class Schedule:
     def to(self, device) -> 'Schedule':
         "A copy with every tensor on `device` (or `self` if already there)."
         device = torch.device(device)
-        if device == self.device or (device.type == self.device.type and device.index is None): return self
+        if device == self.device or (device.type == self.device.type and None in (device.index, self.device.index)): return self
         new = object.__new__(Schedule)
         for k, v in self.__dict__.items():
             new.__dict__[k] = v.to(device) if torch.is_tensor(v) and k != 'alpha_bar64' else v

@@ -56,7 +56,7 @@ def jpeg_table(quality) -> torch.Tensor:
     "The luminance table scaled to `quality` in [1, 100] (IJG rule); a tensor of B qualities gives (B, 8, 8)."
     q = torch.as_tensor(quality, dtype=torch.float32)
     S = torch.where(q < 50, 5000 / q, 200 - 2 * q)[..., None, None]
-    return ((JPEG_LUMA.to(q.device) * S + 50) / 100).floor().clamp(min=1)
+    return ((JPEG_LUMA.to(q.device) * S + 50) / 100).floor().clamp(1, 255)      # baseline JPEG caps entries at 255
 
 def jpeg_like(y: torch.Tensor, quality=10) -> torch.Tensor:
     "JPEG's lossy step on images in [-1, 1] (B, 1, H, W), H and W multiples of 8: blockwise DCT, quantise, invert. `quality`: int or (B,)."
