@@ -9,11 +9,12 @@ import torch
 __all__ = ['PRESETS', 'preset_name', 'Config', 'preset']
 
 # %% ../nbs/03_presets.ipynb #64b58d39
-PRESETS = ('smoke', 'full')
+PRESETS = ('smoke', 'cpu', 'full')
 
 def preset_name(name: str | None = None) -> str:
-    "`name`, else `$DL2021_PRESET`, else 'full' if a CUDA GPU is present and 'smoke' if not."
-    name = name or os.environ.get('DL2021_PRESET') or ('full' if torch.cuda.is_available() else 'smoke')
+    "`name`, else `$DL2021_PRESET`, else 'smoke' under `nbdev_test` (`$IN_TEST`), else 'full' with CUDA and 'cpu' without."
+    name = (name or os.environ.get('DL2021_PRESET')
+            or ('smoke' if os.environ.get('IN_TEST') else 'full' if torch.cuda.is_available() else 'cpu'))
     if name not in PRESETS: raise ValueError(f'preset must be one of {PRESETS}, not {name!r}')
     return name
 
@@ -24,8 +25,9 @@ class Config(dict):
         except KeyError: raise AttributeError(k) from None
     def __setattr__(self, k, v): self[k] = v
 
-def preset(smoke: dict, full: dict, name: str | None = None, **common) -> Config:
+def preset(smoke: dict, cpu: dict | None = None, full: dict | None = None, name: str | None = None, **common) -> Config:
     "The configuration for the current preset: `common` settings updated by the chosen preset's; `cfg.preset` names it."
     name = preset_name(name)
-    chosen = {'smoke': smoke, 'full': full}[name]
+    chosen = {'smoke': smoke, 'cpu': cpu, 'full': full}[name]
+    if chosen is None: raise ValueError(f'this experiment has no {name!r} preset')
     return Config({**common, **chosen, 'preset': name})

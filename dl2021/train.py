@@ -2,7 +2,7 @@
 
 # %% ../nbs/02_train.ipynb #cdc3ca4d
 from __future__ import annotations
-import copy, math, os, sys, tempfile, time
+import copy, hashlib, json, math, os, sys, tempfile, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -10,8 +10,8 @@ from torch import nn
 from .core import plot_curves, sync
 
 # %% auto #0
-__all__ = ['supervised_step', 'NonFiniteLoss', 'EMA', 'save_checkpoint', 'load_checkpoint', 'History', 'evaluate', 'param_groups',
-           'onecycle', 'fit']
+__all__ = ['NO_DECAY_NAMES', 'supervised_step', 'NonFiniteLoss', 'EMA', 'save_checkpoint', 'load_checkpoint', 'checkpoint_dir',
+           'config_hash', 'cache_path', 'cached', 'History', 'evaluate', 'param_groups', 'onecycle', 'fit']
 
 # %% ../nbs/02_train.ipynb #9e4a75c4
 def supervised_step(model: nn.Module, batch, label_smoothing: float = 0.) -> dict:
@@ -83,6 +83,35 @@ def load_checkpoint(path, model: nn.Module | None = None, opt: torch.optim.Optim
     if opt is not None and state['opt'] is not None: opt.load_state_dict(state['opt'])
     return state['meta']
 
+# %% ../nbs/02_train.ipynb #5432526d
+def checkpoint_dir() -> Path:
+    "`$DL2021_CHECKPOINTS`, else `checkpoints/` at the repository root."
+    if os.environ.get('DL2021_CHECKPOINTS'): return Path(os.environ['DL2021_CHECKPOINTS'])
+    from dl2021.results import repo_root
+    return repo_root() / 'checkpoints'
+
+def config_hash(config: dict) -> str:
+    "A short, stable hash of a plain configuration dict (key order does not matter)."
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+def cache_path(name: str, config: dict) -> Path:
+    "Where `cached` keeps the model `name` trained with `config`."
+    return checkpoint_dir() / f'{name}-{config_hash(config)}.pt'
+
+def cached(name: str, config: dict, model: nn.Module, train, retrain: bool = False) -> dict:
+    """Load `model`'s weights from the cache entry for (`name`, `config`), or call `train(model) -> meta` (a plain dict),
+    save the trained weights with `meta`, and return `meta` (with `cached` telling which happened)."""
+    path = cache_path(name, config)
+    if path.exists() and not retrain:
+        meta = load_checkpoint(path, model, map_location=next(model.parameters()).device)
+        print(f'{name}: loaded from the checkpoint cache ({path.name}; trained in {meta.get("train_s", float("nan")):.0f} s '
+              f'on {meta.get("device", "?")})')
+        return {**meta, 'cached': True}
+    meta = dict(train(model) or {})
+    save_checkpoint(path, model, config=json.loads(json.dumps(config, default=str)), **meta)
+    return {**meta, 'cached': False}
+
 # %% ../nbs/02_train.ipynb #24b9c361
 def _want_progress() -> bool:
     env = os.environ.get('DL2021_PROGRESS')
@@ -153,10 +182,18 @@ def evaluate(model: nn.Module, batches, step=supervised_step, bf16: bool | None 
     return res
 
 # %% ../nbs/02_train.ipynb #4f385c8c
+NO_DECAY_NAMES = ('pos_embed', 'cls_token', 'dist_token', 'pos_emb', 'rel_pos')
+
+def _no_decay(name: str, p: torch.Tensor, skip: set) -> bool:
+    return p.ndim < 2 or name in skip or name.split('.')[-1] in NO_DECAY_NAMES
+
 def param_groups(model: nn.Module, wd: float) -> list[dict]:
-    "AdamW groups: weight decay on tensors with ≥ 2 dimensions (matrices, kernels), none on biases and gains."
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    """AdamW groups: weight decay on weight matrices and kernels only — none on biases, normalisation gains, and
+    learned embeddings (position embeddings, class tokens: `NO_DECAY_NAMES`, or what `model.no_weight_decay()` names, as in timm)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if not _no_decay(n, p, skip)]
+    no_decay = [p for n, p in named if _no_decay(n, p, skip)]
     return [{'params': decay, 'weight_decay': wd}, {'params': no_decay, 'weight_decay': 0.}]
 
 def onecycle(pct_start: float = 0.25):
@@ -182,6 +219,10 @@ def fit(model: nn.Module, train, epochs: int = 1, lr: float = 1e-3, valid=None, 
     opt = opt(model.parameters()) if callable(opt) else opt
     if opt is None: opt = torch.optim.AdamW(param_groups(model, wd), lr=lr, betas=(0.9, 0.99))
     total = epochs * len(train)
+    if total == 0:
+        raise ValueError(f'`train` yields no batch, so there is nothing to train ({epochs} epochs of {len(train)} batches). '
+                         'Usual cause: fewer examples than the batch size with drop_last (the default when shuffling): '
+                         'lower the batch size, use more data, or pass drop_last=False.')
     scheduler = sched(opt, total) if sched is not None else None
     after_step = [after_step] if callable(after_step) else list(after_step)
     hist, i = History(), 0
