@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['get_device', 'device_name', 'set_seed', 'to_device', 'to_cpu', 'show_images', 'plot_curves', 'n_params', 'sync',
-           'Timer', 'benchmark']
+           'Timer', 'benchmark', 'in_live_kernel', 'knob']
 
 # %% ../nbs/00_core.ipynb #91ba4f3a
 def get_device(name: str | None = None) -> torch.device:
@@ -120,3 +120,19 @@ def benchmark(fn, iters: int = 10, warmup: int = 3, device=None) -> float:
     with Timer(device) as t:
         for _ in range(iters): fn()
     return t.s / iters
+
+# %% ../nbs/00_core.ipynb #7fbde8f5
+def in_live_kernel() -> bool:
+    "True inside a Jupyter kernel with a front end (where widgets work); False when executed headless or in a script."
+    try:
+        from IPython import get_ipython
+        return type(get_ipython()).__name__ == 'ZMQInteractiveShell'
+    except ImportError: return False
+
+def knob(fn, **params):
+    "An `ipywidgets.interact` slider for `fn(**params)` in a live kernel; headless, a one-line pointer and nothing else."
+    if in_live_kernel():
+        from ipywidgets import interact
+        return interact(fn, **params)
+    names = ', '.join(params)
+    print(f'[knob: {names} — run this notebook in Jupyter to move it; the figure above shows a few settings]')
