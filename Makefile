@@ -37,8 +37,11 @@ docs: venv
 	$(BIN)/nbdev_docs
 	@echo "Site built in _docs/ (open _docs/index.html, or run: $(BIN)/nbdev_preview)"
 
-lab: venv
-	$(BIN)/jupyter lab --notebook-dir=nbs
+# JupyterLab on nbs/, opening the course's home notebook; as root (Docker, cloud GPU hosts) it needs --allow-root.
+LAB_ARGS ?=
+lab: venv data
+	@$(BIN)/jupyter lab --ServerApp.root_dir=nbs --LabApp.default_url=/lab/tree/index.ipynb \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 # ---- executing notebooks: make course [NB=...] [PRESET=cpu|full] [JOBS=n] [DEADLINE=s] [TIMEOUT=s] [PACK=dir] [FORCE=1]
 # Uses .venv where it exists; on a GPU host without internet (a .wheelhouse/ copied from `make wheelhouse`, no .venv)

@@ -117,6 +117,7 @@ class RunBoxProc:
     def begin(self):
         path = getattr(self.nb, 'path_', None)
         if not path or not str(path).endswith('.ipynb'): return
+        if not any(c.cell_type == 'code' for c in self.nb.cells): return     # a page of prose (the home page)
         from execnb.nbio import mk_cell
         cells = self.nb.cells
         i = 0
