@@ -7,8 +7,8 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 # make gpu: Python version of the GPU host, for the wheelhouse
 PYVER   ?= 3.12
-EXEC_PKGS := nbdev==2.4.14 execnb==0.1.18 fastcore==1.14.5 ghapi==1.1.1 ipywidgets einops pyyaml tqdm
-FMNIST  ?= /usr/share/datasets/fashion-mnist
+# what the runner needs on a GPU host beyond python, torch, matplotlib (no ipywidgets: headless runs draw no widget)
+EXEC_PKGS := nbdev==2.4.14 execnb==0.1.18 fastcore==1.14.5 ghapi==1.1.1 einops pyyaml tqdm
 
 .PHONY: help venv data test docs lab course unpack wheelhouse clean
 help:
@@ -58,6 +58,7 @@ course:
 	@if [ -x $(BIN)/python ]; then $(MAKE) -s data && $(BIN)/python tools/run_course.py $(COURSE_ARGS); \
 	elif [ -d .wheelhouse ]; then \
 	  [ -d $(GPU_SITE) ] || $(PYTHON) -m pip install -q --no-index --no-deps --target $(GPU_SITE) .wheelhouse/*.whl; \
+	  [ -d data/wordnet ] || [ ! -f data/text.tar.xz ] || tar -xJf data/text.tar.xz -C data; \
 	  $(OFFLINE_ENV) $(PYTHON) tools/run_course.py $(COURSE_ARGS); \
 	else $(MAKE) -s venv data && $(BIN)/python tools/run_course.py $(COURSE_ARGS); fi
 
@@ -67,14 +68,12 @@ unpack:
 	$(PYTHON) tools/run_course.py --unpack $(PACK)
 
 # Prepare a GPU host with no internet, here (with the registries): the executor's wheels for its Python and the data.
-wheelhouse:
-	rm -rf .wheelhouse && mkdir -p .wheelhouse data/fashion-mnist data/fortunes data/wordnet
-	$(PYTHON) -m pip download -q --disable-pip-version-check --only-binary=:all: --python-version $(PYVER) \
+wheelhouse: venv data
+	rm -rf .wheelhouse data && mkdir -p .wheelhouse
+	$(BIN)/pip download -q --disable-pip-version-check --only-binary=:all: --python-version $(PYVER) \
 	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
 	  --platform any -d .wheelhouse $(EXEC_PKGS)
-	cp $(FMNIST)/*-ubyte* data/fashion-mnist/
-	cp -r /usr/share/games/fortunes/. data/fortunes/
-	cp -r /usr/share/wordnet/. data/wordnet/
+	$(BIN)/python tools/pack_data.py
 	@du -sh .wheelhouse data
 
 clean:
