@@ -1,5 +1,5 @@
 """Every committed output comes from a recorded cpu or full run of the course runner (results/runs/), never smoke."""
-import json
+import json, subprocess, sys
 from pathlib import Path
 import pytest
 from dl2021.provenance import check_notebook
@@ -28,3 +28,9 @@ def test_result_records_name_their_notebook():
     for r in load_results(ROOT / 'results'):
         assert r['notebook'] in names, f"{r['key']}: notebook {r['notebook']!r} does not exist"
         assert r['preset'] in ('cpu', 'full')
+
+
+def test_results_readme_is_generated_from_the_records():
+    "results/README.md (wall time of every notebook) comes from the provenance records, never typed in."
+    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'course_report.py'), '--check'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

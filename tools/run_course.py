@@ -60,11 +60,11 @@ def default_preset():
 
 
 def up_to_date(nb: Path, preset: str) -> bool:
-    from dl2021.provenance import read_provenance, code_hash, outputs_hash
+    from dl2021.provenance import read_provenance, code_hash, output_hashes
     rec = read_provenance(nb)
     if not rec or rec.get('outputs') != preset: return False
     run = rec['runs'][preset]
-    return run['code_hash'] == code_hash(nb) and run['outputs_hash'] == outputs_hash(nb)
+    return run['code_hash'] == code_hash(nb) and run.get('output_hashes') == output_hashes(nb)
 
 
 class Job:
@@ -217,6 +217,11 @@ def unpack(src: Path, root: Path = ROOT) -> list[str]:
     return written
 
 
+def _report():
+    "Regenerate results/README.md (the table of measured wall times) from the provenance records."
+    subprocess.run([sys.executable, str(ROOT / 'tools' / 'course_report.py')], cwd=ROOT)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('notebooks', nargs='*', type=Path, help='notebooks to run (default: every numbered notebook)')
@@ -232,6 +237,7 @@ def main(argv=None):
     if a.unpack:
         files = unpack(a.unpack)
         print(f'unpacked {len(files)} files:\n  ' + '\n  '.join(files))
+        _report()
         return 0
     preset = a.preset or default_preset()
     nbs = order([n.resolve() for n in a.notebooks] if a.notebooks else all_notebooks())
@@ -246,6 +252,7 @@ def main(argv=None):
     rows = run(nbs, preset, a.jobs, a.deadline, a.timeout, a.force, threads)
     print('\n' + table(rows))
     print(f'total {time.perf_counter() - t0:.0f} s')
+    if any(nb.parent == ROOT / 'nbs' for nb in nbs): _report()
     if a.pack:
         root = nbs[0].parent.parent if nbs else ROOT
         archives = pack(run_files(rows), a.pack, prefix=f'dl2021-{preset}', root=root)
