@@ -88,10 +88,11 @@ def gibbs_sample(h: torch.Tensor, J: torch.Tensor, n: int, sweeps: int = 200, se
     return X
 
 # %% ../nbs/64_protein.ipynb #66eae57e
-def sequence_weights(X: torch.Tensor, identity: float = 0.8) -> torch.Tensor:
+def sequence_weights(X: torch.Tensor, identity: float = 0.8, q: int = 20) -> torch.Tensor:
     "w_s = 1 / #{t : identity(s, t) ≥ `identity`} (t = s included): the usual redundancy down-weighting. X (N, L)."
-    same = (X[:, None, :] == X[None, :, :]).float().mean(-1)                   # (N, N) fraction of identical sites
-    return 1 / (same >= identity).float().sum(1)
+    O = F.one_hot(X, max(q, int(X.max()) + 1)).flatten(1).float()            # (N, L·q)
+    same = O @ O.T / X.shape[1]                                                 # (N, N) fraction of identical sites
+    return 1 / (same >= identity - 1e-6).float().sum(1)
 
 def frequencies(X: torch.Tensor, q: int = 20, pseudo: float = 0.01, weights: torch.Tensor | None = None) -> tuple:
     "Weighted single (L, q) and pair (L, L, q, q) frequencies, mixed with the uniform distribution by `pseudo`."
