@@ -170,11 +170,17 @@ def geodesic(metric, p: torch.Tensor, q: torch.Tensor, segments: int = 8, steps:
     t = torch.linspace(0, 1, segments + 1, dtype=p.dtype, device=p.device)[1:-1, None]
     P, Q = p.detach(), q.detach()
     inner = (P[:, None] + t * (Q - P)[:, None]).clone()                      # start from the straight segment
+    full = lambda pts: torch.cat([P[:, None], pts, Q[:, None]], 1)
+    rate = torch.full((len(P), 1, 1), eta, dtype=p.dtype, device=p.device)  # a step size per path
     for _ in range(steps):
         with torch.enable_grad():
             inner.requires_grad_()
-            E = path_energy(metric, torch.cat([P[:, None], inner, Q[:, None]], 1)).sum()
-            grad, = torch.autograd.grad(E, inner)                              # θ's gradients are left untouched
+            E = path_energy(metric, full(inner))
+            grad, = torch.autograd.grad(E.sum(), inner)                        # θ's gradients are left untouched
         with torch.no_grad():                                                  # a Riemannian gradient step on each point
-            inner = inner.detach() - eta / (4 * segments) * torch.linalg.solve(metric(inner), grad.unsqueeze(-1)).squeeze(-1)
+            inner = inner.detach()
+            new = inner - rate / (4 * segments) * torch.linalg.solve(metric(inner), grad.unsqueeze(-1)).squeeze(-1)
+            ok = (path_energy(metric, full(new)) <= E.detach())[:, None, None]  # keep only steps that lower the energy
+            inner = torch.where(ok, new, inner)
+            rate = torch.where(ok, rate, rate / 2)                             # and halve the step where one did not
     return torch.cat([p[:, None], inner.detach(), q[:, None]], 1)
