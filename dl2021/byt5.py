@@ -17,7 +17,7 @@ __all__ = ['PAD', 'EOS', 'UNK', 'NOISES', 'PAPER_CONFIGS', 'CASE_NOISES', 'trunc
            'strip_accents', 'spelling_noise', 'RMSNorm', 'relative_bucket', 'RelativeBias', 'Attention', 'GatedGELU',
            'Block', 'T5', 'param_split', 't5_param_count', 'match_params', 'make_models', 'pad_batch', 'Seq2SeqBatches',
            'seq2seq_step', 'corruption', 'encode_pairs', 'rank_classify', 'greedy_decode', 'levenshtein', 'cer',
-           'train_seq2seq', 'text_transform', 'mixed_noise']
+           'train_seq2seq', 'text_transform', 'mixed_noise', 'damaged_words']
 
 # %% ../nbs/45_byt5.ipynb #be4b6eb2
 _WS = re.compile(r'\s+')
@@ -407,3 +407,10 @@ def mixed_noise(levels: dict, kinds=tuple(NOISES), p_clean: float = 0.25):
         p = r.choice([x for x in levels['case' if k in CASE_NOISES else 'char'] if x > 0])
         return NOISES[k](text, p, r)
     return f
+
+# %% ../nbs/45_byt5.ipynb #9b28f8df
+_WORD = re.compile(r'[^\W\d_]{4,}')
+
+def damaged_words(texts) -> list[str]:
+    "The distinct words (4+ letters) of `texts` that lose something to `strip_accents` + lower-casing, sorted."
+    return sorted({w for t in texts for w in _WORD.findall(t) if strip_accents(w).lower() != w})

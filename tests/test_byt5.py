@@ -160,3 +160,10 @@ def test_subword_tokenizer_round_trip_and_sentinels():
     assert sw.sentinel(0) == sw.vocab_size - 1 and sw.tok.id_to_token(sw.sentinel(0)) == '<extra_id_0>'
     with pytest.raises(ValueError): sw.sentinel(4)
     assert sw.encode('\u0f00')[-1] == 2                                           # an unseen character is <unk>
+
+
+def test_damaged_words_need_restoring():
+    from dl2021.byt5 import damaged_words
+    ws = damaged_words(['Über alles, señor Müller', 'plain words only here', 'Zażółć 2024'])
+    assert ws == ['Müller', 'Zażółć', 'señor', 'Über']
+    assert all(strip_accents(w).lower() != w for w in ws)
