@@ -59,8 +59,8 @@ def test_every_page_in_sidebar_once_and_grouped():
     assert not missing, f'sidebar names pages that do not exist: {missing}'
     sections = [n['section'] for n in sb if isinstance(n, dict) and 'section' in n]
     assert sections[0] == 'Foundations'
-    allowed = ['Foundations', 'Architectures', 'Self-supervised', 'Contrastive', 'Generative', 'Language',
-               'Training dynamics', 'Honourable mentions']
+    allowed = ['Foundations', 'Architectures', 'Generative', 'Self-supervised', 'Contrastive', 'Language',
+               'Training dynamics', 'Honourable mentions']                    # the order of the notebooks' numbers
     assert all(s in allowed for s in sections), sections
     assert sections == sorted(sections, key=allowed.index), 'sections out of the course order'
 
