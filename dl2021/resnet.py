@@ -56,7 +56,7 @@ class ResNet(nn.Module):
 BASELINE = dict(
     smoke=dict(n_train=2000, n_test=1000, widths=(8, 16, 16, 16), epochs=1, bs=256, lr=5e-3, aug=dict(flip=True),
                compile=False),
-    cpu=dict(n_train=None, n_test=None, widths=(16, 32, 64, 128), epochs=2, bs=256, lr=1e-2, aug=dict(flip=True),
+    cpu=dict(n_train=None, n_test=None, widths=(8, 16, 32, 64), epochs=4, bs=256, lr=5e-3, aug=dict(flip=True),
              compile=False),
     full=dict(n_train=None, n_test=None, widths=(32, 64, 128, 256), epochs=20, bs=512, lr=5e-3,
               aug=dict(translate=2, flip=True), compile=True),
