@@ -7,12 +7,12 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 # make gpu: Python version of the GPU host, for the wheelhouse
 PYVER   ?= 3.12
-EXEC_PKGS := nbdev==2.4.14 execnb==0.1.18 fastcore==1.14.5 ghapi==1.1.1 ipywidgets einops pyyaml
-FMNIST  ?= /usr/share/datasets/fashion-mnist
+# what the runner needs on a GPU host beyond python, torch, matplotlib (no ipywidgets: headless runs draw no widget)
+EXEC_PKGS := nbdev==2.4.14 execnb==0.1.18 fastcore==1.14.5 ghapi==1.1.1 einops pyyaml tqdm
 
-.PHONY: help venv data test docs lab gpu wheelhouse gpu-setup clean
+.PHONY: help venv data test docs lab course unpack wheelhouse clean
 help:
-	@echo "make test | docs | lab | gpu NB=nbs/xx.ipynb | wheelhouse [PYVER=3.12] | clean   (see README.md)"
+	@echo "make lab | course [NB=nbs/xx.ipynb] | test | docs | unpack PACK=dir | wheelhouse [PYVER=3.12] | clean   (see README.md)"
 
 $(BIN)/.installed: settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,32 +37,44 @@ docs: venv
 	$(BIN)/nbdev_docs
 	@echo "Site built in _docs/ (open _docs/index.html, or run: $(BIN)/nbdev_preview)"
 
-lab: venv
-	$(BIN)/jupyter lab --notebook-dir=nbs
+# JupyterLab on nbs/, opening the course's home notebook; as root (Docker, cloud GPU hosts) it needs --allow-root.
+LAB_ARGS ?=
+lab: venv data
+	@$(BIN)/jupyter lab --ServerApp.root_dir=nbs --LabApp.default_url=/lab/tree/index.ipynb \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
-# ---- executing notebooks on a GPU host (no internet there) -------------------------------------------------
-# Here, with the registries:   make wheelhouse [PYVER=3.12]    -> .wheelhouse/ (executor wheels) and data/ (Fashion-MNIST)
-# Copy the repo (with .wheelhouse/ and data/) to the GPU host, which has python, torch (CUDA) and matplotlib, then:
-#                               make gpu NB=nbs/20_ddpm.ipynb  -> runs every cell (gpu cells too), writes outputs back
-wheelhouse:
-	rm -rf .wheelhouse && mkdir -p .wheelhouse data/fashion-mnist
-	$(PYTHON) -m pip download -q --disable-pip-version-check --only-binary=:all: --python-version $(PYVER) \
+# ---- executing notebooks: make course [NB=...] [PRESET=cpu|full] [JOBS=n] [DEADLINE=s] [TIMEOUT=s] [PACK=dir] [FORCE=1]
+# Uses .venv where it exists; on a GPU host without internet (a .wheelhouse/ copied from `make wheelhouse`, no .venv)
+# the host's python and torch with the wheelhouse installed into .gpu-site/; on a fresh machine it makes .venv first.
+GPU_SITE := $(CURDIR)/.gpu-site
+COURSE_ARGS = $(NB) $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) \
+  $(if $(DEADLINE),--deadline $(DEADLINE)) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(PACK),--pack $(PACK)) \
+  $(if $(FORCE),--force)
+OFFLINE_ENV = DL2021_DATA=$${DL2021_DATA:-$(CURDIR)/data/fashion-mnist} \
+  DL2021_FORTUNES=$${DL2021_FORTUNES:-$(CURDIR)/data/fortunes} DL2021_WORDNET=$${DL2021_WORDNET:-$(CURDIR)/data/wordnet} \
+  PYTHONPATH=$(GPU_SITE):$(CURDIR)
+
+course:
+	@if [ -x $(BIN)/python ]; then $(MAKE) -s data && $(BIN)/python tools/run_course.py $(COURSE_ARGS); \
+	elif [ -d .wheelhouse ]; then \
+	  [ -d $(GPU_SITE) ] || $(PYTHON) -m pip install -q --no-index --no-deps --target $(GPU_SITE) .wheelhouse/*.whl; \
+	  [ -d data/wordnet ] || [ ! -f data/text.tar.xz ] || tar -xJf data/text.tar.xz -C data; \
+	  $(OFFLINE_ENV) $(PYTHON) tools/run_course.py $(COURSE_ARGS); \
+	else $(MAKE) -s venv data && $(BIN)/python tools/run_course.py $(COURSE_ARGS); fi
+
+# apply the archives a `make course PACK=dir` run wrote (e.g. on a GPU host) to this checkout
+unpack:
+	@test -n "$(PACK)" || { echo "usage: make unpack PACK=folder-or-archive"; exit 2; }
+	$(PYTHON) tools/run_course.py --unpack $(PACK)
+
+# Prepare a GPU host with no internet, here (with the registries): the executor's wheels for its Python and the data.
+wheelhouse: venv data
+	rm -rf .wheelhouse data && mkdir -p .wheelhouse
+	$(BIN)/pip download -q --disable-pip-version-check --only-binary=:all: --python-version $(PYVER) \
 	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
 	  --platform any -d .wheelhouse $(EXEC_PKGS)
-	cp $(FMNIST)/*-ubyte* data/fashion-mnist/
+	$(BIN)/python tools/pack_data.py
 	@du -sh .wheelhouse data
-
-# where the executor's packages live on the GPU host (installed from the wheelhouse without any index)
-GPU_SITE := $(CURDIR)/.gpu-site
-gpu-setup:
-	@if [ -x $(BIN)/python ]; then echo "using $(BIN)"; \
-	elif [ ! -d $(GPU_SITE) ]; then $(PYTHON) -m pip install -q --no-index --no-deps --target $(GPU_SITE) .wheelhouse/*.whl; fi
-
-gpu: gpu-setup
-	@test -n "$(NB)" || { echo "usage: make gpu NB=nbs/xx.ipynb [NB='nbs/a.ipynb nbs/b.ipynb']"; exit 2; }
-	@if [ -x $(BIN)/python ]; then $(BIN)/python tools/run_nb.py $(NB); else \
-	  DL2021_DATA=$${DL2021_DATA:-$(CURDIR)/data/fashion-mnist} PYTHONPATH=$(GPU_SITE):$(CURDIR) \
-	  $(PYTHON) tools/run_nb.py $(NB); fi
 
 clean:
 	rm -rf _proc _docs nbs/results.md .pytest_cache

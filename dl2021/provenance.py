@@ -7,7 +7,7 @@ from pathlib import Path
 from .results import repo_root, git_rev
 
 # %% auto #0
-__all__ = ['code_hash', 'outputs_hash', 'has_outputs', 'runs_dir', 'provenance_path', 'read_provenance', 'write_provenance',
+__all__ = ['code_hash', 'output_hashes', 'has_outputs', 'runs_dir', 'provenance_path', 'read_provenance', 'write_provenance',
            'check_notebook', 'run_box', 'RunBoxProc']
 
 # %% ../nbs/07_provenance.ipynb #8ff71bca
@@ -21,10 +21,10 @@ def code_hash(nb) -> str:
     cells = [_src(c) for c in _read_nb(nb)['cells'] if c['cell_type'] == 'code']
     return hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:16]
 
-def outputs_hash(nb) -> str:
-    "sha256 (first 16 hex digits) of the outputs of the code cells of `nb`."
-    outs = [c.get('outputs', []) for c in _read_nb(nb)['cells'] if c['cell_type'] == 'code']
-    return hashlib.sha256(json.dumps(outs, sort_keys=True).encode()).hexdigest()[:16]
+def output_hashes(nb) -> list[str]:
+    "sha256 (first 16 hex digits) of the outputs of each code cell of `nb` that has some, in order."
+    return [hashlib.sha256(json.dumps(c['outputs'], sort_keys=True).encode()).hexdigest()[:16]
+            for c in _read_nb(nb)['cells'] if c['cell_type'] == 'code' and c.get('outputs')]
 
 def has_outputs(nb) -> bool:
     "Does any code cell of `nb` carry an output?"
@@ -54,7 +54,7 @@ def write_provenance(nb: Path | str, preset: str, device: str, wall_s: float, to
     rec['runs'][preset] = dict(preset=preset, device=device, torch=torch_version, wall_s=round(float(wall_s), 1),
                                date=datetime.date.today().isoformat(), git_rev=rev or git_rev(),
                                python=platform.python_version(), code_hash=code_hash(nb),
-                               outputs_hash=outputs_hash(nb), **extra)
+                               output_hashes=output_hashes(nb), **extra)
     rec['outputs'] = preset
     p = provenance_path(nb); p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix('.tmp')
@@ -73,9 +73,10 @@ def check_notebook(nb: Path | str) -> tuple[str, str]:
     run = rec['runs'][rec['outputs']]
     if run['preset'] not in ('cpu', 'full'):
         return 'error', f"{nb.name}: its outputs come from a {run['preset']!r} run; only cpu and full outputs are committed"
-    if run['outputs_hash'] != outputs_hash(nb):
-        return 'error', (f"{nb.name}: its outputs are not those of its recorded {run['preset']} run (edited, or made "
-                         f'by another run, e.g. a smoke run or an interactive session): re-run it with make course')
+    foreign = set(output_hashes(nb)) - set(run['output_hashes'])
+    if foreign:
+        return 'error', (f"{nb.name}: {len(foreign)} cell(s) carry outputs that its recorded {run['preset']} run did not "
+                         f'make (edited, or from another run: smoke, an interactive session): re-run it with make course')
     if run['code_hash'] != code_hash(nb):
         return 'stale', f"{nb.name}: code changed after its {run['preset']} outputs were made (rev {run['git_rev']})"
     return 'ok', f"{nb.name}: {run['preset']} outputs, {run['device']}, {run['wall_s'] / 60:.1f} min, rev {run['git_rev']}"
@@ -117,6 +118,7 @@ class RunBoxProc:
     def begin(self):
         path = getattr(self.nb, 'path_', None)
         if not path or not str(path).endswith('.ipynb'): return
+        if not any(c.cell_type == 'code' for c in self.nb.cells): return     # a page of prose (the home page)
         from execnb.nbio import mk_cell
         cells = self.nb.cells
         i = 0

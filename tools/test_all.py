@@ -58,6 +58,16 @@ def main():
     if p.returncode not in (0, 1) and not t_fail: t_fail = 1      # collection errors, interrupted, no tests
     if t_pass == 0 and t_fail == 0: t_fail = 1
     passed, failed = passed + t_pass, failed + t_fail
+    # 5: notebooks whose code changed after their committed outputs were made (listed, not a failure)
+    sys.path.insert(0, '.')
+    from dl2021.provenance import check_notebook
+    checks = [check_notebook(n) for n in nbs]
+    stale = [m for s, m in checks if s == 'stale']
+    unrun = [m.split(':')[0] for s, m in checks if s == 'no outputs']
+    print(f'\n=== provenance: {len(checks) - len(stale) - len(unrun)} notebooks up to date, {len(stale)} stale, '
+          f'{len(unrun)} not executed yet')
+    for m in stale: print(f'  stale: {m}')
+    if unrun: print(f"  not executed yet: {', '.join(unrun)}")
     total = time.perf_counter() - t0
     print(f"\nmake test: notebooks {nb_pass}/{len(nbs)} ok, pytest {t_pass} passed / {t_fail} failed; "
           + ', '.join(f'{k} {v:.0f} s' for k, v in times.items()) + f'; total {total:.0f} s')

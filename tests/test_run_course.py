@@ -1,0 +1,128 @@
+"""tools/run_course.py, the course runner behind `make course`: order, skip, deadline, jobs, failure, pack/unpack."""
+import importlib.util, json, subprocess, sys, tarfile, time
+from pathlib import Path
+import pytest
+from dl2021.provenance import check_notebook, read_provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location('run_course', ROOT / 'tools' / 'run_course.py')
+rc = importlib.util.module_from_spec(spec); spec.loader.exec_module(rc)
+
+
+def _nb(cells):
+    return {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': f'c{i}', 'metadata': {}, 'outputs': [],
+                       'source': src} for i, src in enumerate(cells)],
+            'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}},
+            'nbformat': 4, 'nbformat_minor': 5}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    "A stand-in repository: settings.ini (so provenance lands here) and nbs/."
+    (tmp_path / 'settings.ini').write_text('[DEFAULT]\ngit_url = https://github.com/x/y\n')
+    (tmp_path / 'nbs').mkdir()
+    return tmp_path
+
+
+def _write(repo, name, cells):
+    p = repo / 'nbs' / name
+    p.write_text(json.dumps(_nb(cells)))
+    return p
+
+
+def _course(*args):
+    return subprocess.run([sys.executable, str(ROOT / 'tools' / 'run_course.py'), '--preset', 'cpu', *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_order_follows_dependencies():
+    names = ['24_palette', '06_fid', '20_ddpm', '21_improved_ddpm', '10_mlp_mixer']
+    got = [p.stem for p in rc.order([Path(f'nbs/{n}.ipynb') for n in names])]
+    assert got.index('06_fid') < got.index('20_ddpm') < got.index('21_improved_ddpm')
+    assert got.index('06_fid') < got.index('24_palette')
+
+
+def test_run_writes_outputs_and_provenance_then_skips(repo):
+    a = _write(repo, '01_a.ipynb', ['x = 6 * 7\nprint(x)', '#| gpu\nprint("gpu cells run too")'])
+    r = _course(a)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cells = json.loads(a.read_text())['cells']
+    assert ''.join(cells[0]['outputs'][0]['text']).strip() == '42'
+    assert 'gpu cells run too' in ''.join(cells[1]['outputs'][0]['text'])
+    rec = read_provenance(a)
+    assert rec['outputs'] == 'cpu' and rec['runs']['cpu']['device'].startswith('CPU')
+    assert check_notebook(a)[0] == 'ok'
+    assert '[01_a] cell 1/2' in r.stdout                                      # progress per cell
+    r2 = _course(a)
+    assert r2.returncode == 0 and 'skipped (up to date)' in r2.stdout
+    r3 = _course(a, '--force')
+    assert r3.returncode == 0 and 'skipped' not in r3.stdout.split('notebook')[-1]
+
+
+def test_failure_leaves_notebook_untouched(repo):
+    bad = _write(repo, '02_bad.ipynb', ['print(1)', 'raise RuntimeError("boom")'])
+    before = bad.read_text()
+    r = _course(bad)
+    assert r.returncode == 1 and 'failed' in r.stdout and 'boom' in r.stdout
+    assert bad.read_text() == before and read_provenance(bad) is None
+
+
+def test_deadline_starts_nothing_new_and_finishes_cleanly(repo):
+    slow = _write(repo, '03_slow.ipynb', ['import time; time.sleep(3)', 'print("done")'])
+    later = _write(repo, '04_later.ipynb', ['print("never")'])
+    r = _course(slow, later, '--deadline', '1')
+    assert r.returncode == 1
+    assert 'not started (deadline)' in r.stdout
+    assert check_notebook(slow)[0] == 'ok'                                    # the one in flight finished
+    assert check_notebook(later)[0] == 'no outputs'
+
+
+def test_jobs_run_notebooks_side_by_side(repo, tmp_path):
+    log = tmp_path / 'log'
+    nbs = [_write(repo, f'0{i}_job.ipynb', [f'import time\nopen({str(log)!r}, "a").write(f"{i} start {{time.time()}}\\n")\n'
+                                             f'time.sleep(3)\nopen({str(log)!r}, "a").write(f"{i} end {{time.time()}}\\n")'])
+           for i in (5, 6)]
+    r = _course(*nbs, '--jobs', '2')
+    assert r.returncode == 0, r.stdout
+    t = {tuple(l.split()[:2]): float(l.split()[2]) for l in log.read_text().splitlines()}
+    assert t[('6', 'start')] < t[('5', 'end')] and t[('5', 'start')] < t[('6', 'end')]      # the runs overlap
+
+
+def test_pack_and_unpack_round_trip(repo, tmp_path, monkeypatch):
+    nb = _write(repo, '07_p.ipynb', ['print("packed")'])
+    (repo / 'results').mkdir()
+    rec = repo / 'results' / 'demo-acc.cpu.json'
+    rec.write_text(json.dumps({'notebook': '07_p.ipynb', 'ours': 1}))
+    r = _course(nb, '--pack', tmp_path / 'out')
+    assert r.returncode == 0, r.stdout + r.stderr
+    archives = sorted((tmp_path / 'out').glob('*.tar.gz'))
+    assert len(archives) == 1
+    names = tarfile.open(archives[0]).getnames()
+    assert {'MANIFEST.json', 'nbs/07_p.ipynb', 'results/runs/07_p.json', 'results/demo-acc.cpu.json'} <= set(names)
+    other = tmp_path / 'checkout'; (other / 'nbs').mkdir(parents=True)
+    written = rc.unpack(tmp_path / 'out', root=other)
+    assert sorted(written) == sorted(n for n in names if n != 'MANIFEST.json')
+    for n in written: assert (other / n).read_bytes() == (repo / n).read_bytes()
+
+
+def test_pack_limits(repo, tmp_path, monkeypatch):
+    files = []
+    for i in range(5):
+        f = repo / 'nbs' / f'1{i}_big.ipynb'; f.write_bytes(bytes(range(256)) * 4096); files.append(f)    # 1 MiB each
+    monkeypatch.setattr(rc, 'PACK_LIMIT', int(2.5 * 2**20))
+    archives = rc.pack(files, tmp_path / 'split', root=repo)
+    assert len(archives) == 3 and all(a.stat().st_size <= rc.PACK_LIMIT for a in archives)
+    monkeypatch.setattr(rc, 'PACK_FILES', 2)
+    with pytest.raises(SystemExit, match='more than 2'): rc.pack(files, tmp_path / 'few', root=repo)
+    monkeypatch.setattr(rc, 'PACK_LIMIT', 2**19)
+    with pytest.raises(SystemExit, match='over the archive limit'): rc.pack(files, tmp_path / 'small', root=repo)
+
+
+def test_unpack_refuses_other_paths(tmp_path):
+    import io
+    a = tmp_path / 'evil.tar.gz'
+    with tarfile.open(a, 'w:gz') as tar:
+        for name, data in (('MANIFEST.json', b'{"dl2021/core.py": "x"}'), ('dl2021/core.py', b'evil')):
+            info = tarfile.TarInfo(name); info.size = len(data); tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(SystemExit, match='refusing'): rc.unpack(a, root=tmp_path)
+    assert not (tmp_path / 'dl2021').exists()
