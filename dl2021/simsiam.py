@@ -24,12 +24,12 @@ def simsiam_loss(p1, p2, z1, z2, stop_grad: bool = True) -> torch.Tensor:
 
 # %% ../nbs/33_simsiam.ipynb #df6e6ebc
 class SimSiam(nn.Module):
-    "Encoder f = backbone + projector (BN on its output); predictor h (or the identity if `predictor=False`)."
+    "Encoder f = backbone + projector (BN on its output only if `out_bn`); predictor h (or the identity if `predictor=False`)."
     def __init__(self, backbone: nn.Module, proj_hidden: int = 256, proj_dim: int = 128, pred_hidden: int = 64,
-                 predictor: bool = True):
+                 predictor: bool = True, out_bn: bool = False):
         super().__init__()
         self.backbone = backbone
-        self.projector = mlp(backbone.dim, proj_hidden, proj_dim, n_layers=2, last_bn=True)
+        self.projector = mlp(backbone.dim, proj_hidden, proj_dim, n_layers=2, last_bn=out_bn)
         self.predictor = mlp(proj_dim, pred_hidden, proj_dim) if predictor else nn.Identity()
     def forward(self, x): return self.backbone(x)
 
@@ -51,7 +51,7 @@ def simsiam_opt(model: SimSiam, lr: float, wd: float, pred_lr: float = 1.) -> to
 # %% ../nbs/33_simsiam.ipynb #e92848e4
 def simsiam_config(name: str | None = None, **overrides):
     "The chapter's budget (`ssl_budget`) plus SimSiam's switches: `stop_grad`, `predictor`, `pred_lr` (multiplier)."
-    cfg = ssl_budget(name, method='simsiam', stop_grad=True, predictor=True, pred_lr=1.)
+    cfg = ssl_budget(name, method='simsiam', stop_grad=True, predictor=True, pred_lr=1., out_bn=False)
     cfg.update(overrides)
     return cfg
 
@@ -60,7 +60,7 @@ def pretrained_simsiam(name: str | None = None, device=None, retrain: bool = Fal
     cfg = simsiam_config(name, **overrides)
     device = device or get_device()
     set_seed(cfg.seed)
-    model = SimSiam(resnet_backbone(cfg.widths), cfg.proj_hidden, cfg.proj_dim, cfg.pred_hidden, cfg.predictor).to(device)
+    model = SimSiam(resnet_backbone(cfg.widths), cfg.proj_hidden, cfg.proj_dim, cfg.pred_hidden, cfg.predictor, cfg.out_bn).to(device)
     step = simsiam_step if cfg.stop_grad else _no_stop_grad_step
     train = lambda m: pretrain(m, step, cfg, opt=simsiam_opt(m, cfg.lr, cfg.wd, cfg.pred_lr), final_eval=final_eval)
     meta = cached('ssl-simsiam', {**cfg, 'final_eval': final_eval}, model, train, retrain=retrain)
