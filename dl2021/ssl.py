@@ -148,7 +148,7 @@ class ViT(nn.Module):
     def __init__(self, img_size: int = 28, patch: int = 4, dim: int = 128, depth: int = 4, heads: int = 4,
                  mlp_ratio: float = 2., c_in: int = 1):
         super().__init__()
-        if img_size % patch: raise ValueError(f'img_size={img_size} is not a multiple of patch={patch}')
+        if img_size % patch: raise ValueError(f'img_size={img_size} is not a multiple of patch={patch}: choose a patch that divides it')
         self.patch, self.dim, self.grid = patch, dim, img_size // patch
         self.standardize = Standardize()
         self.patch_embed = nn.Conv2d(c_in, dim, patch, patch)                 # one linear map per 4×4 patch
@@ -163,13 +163,21 @@ class ViT(nn.Module):
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=.02)
             if m.bias is not None: nn.init.zeros_(m.bias)
+    def pos_encoding(self, h: int, w: int) -> torch.Tensor:
+        "Position embeddings for an h × w grid of patches: the learned ones, bicubically resized if the grid differs (DINO's local crops)."
+        if (h, w) == (self.grid, self.grid): return self.pos_embed
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        patch_pos = patch_pos.reshape(1, self.grid, self.grid, self.dim).permute(0, 3, 1, 2)          # (1, dim, g, g)
+        patch_pos = F.interpolate(patch_pos, size=(h, w), mode='bicubic', align_corners=False)
+        return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, self.dim)], 1)
     def tokens(self, x):
         "Patch embeddings with the [CLS] token in front and position embeddings added: (B, 1 + N, dim)."
-        x = self.patch_embed(self.standardize(x)).flatten(2).transpose(1, 2)   # (B, N, dim)
-        if x.shape[1] != self.pos_embed.shape[1] - 1:
-            raise ValueError(f'{x.shape[1]} patches, but the position embeddings are for {self.grid ** 2}: '
-                             f'give images of the size the ViT was built for, or build it with that img_size')
-        return torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
+        if x.shape[-1] % self.patch or x.shape[-2] % self.patch:
+            raise ValueError(f'image size {tuple(x.shape[-2:])} is not a multiple of the patch size {self.patch}')
+        x = self.patch_embed(self.standardize(x))                               # (B, dim, h, w)
+        h, w = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)                                        # (B, N, dim)
+        return torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_encoding(h, w)
     def forward(self, x):                                                       # (B, 1, H, W) -> (B, dim)
         x = self.tokens(x)
         for blk in self.blocks: x = blk(x)
