@@ -60,8 +60,8 @@ def byol_step(model: BYOL, batch) -> dict:
 
 # %% ../nbs/32_byol.ipynb #3d4da64a
 def byol_config(name: str | None = None, **overrides):
-    "The chapter's budget (`ssl_budget`) plus BYOL's settings: `tau_base`, `tau_schedule`, the second view's solarisation."
-    cfg = ssl_budget(name, method='byol', tau_base=0.99, tau_schedule='cosine', solarize2=0.2)
+    "The chapter's budget (`ssl_budget`) plus BYOL's settings: `tau_base`, `tau_schedule`, the second view's solarisation (`solarize2`)."
+    cfg = ssl_budget(name, method='byol', tau_base=0.99, tau_schedule='cosine', solarize2=0.)
     cfg.update(overrides)
     return cfg
 
