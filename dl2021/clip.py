@@ -118,8 +118,8 @@ def sample_scenes(labels: torch.Tensor, n: int, seed: int = 0, held_out=HELD_OUT
 class Renderer:
     "Draws `Scenes` as `(B, 3, 56, 56)` images in [0, 1] from a stack of 28×28 garments (uint8, or float in [0, 1])."
     def __init__(self, garments: torch.Tensor, device=None):
-        self.device = torch.device(device) if device is not None else garments.device
-        x = garments.to(self.device)
+        x = garments.to(device if device is not None else garments.device)
+        self.device = x.device                                                            # e.g. cuda:0, not cuda
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if x.ndim == 4: x = x[:, 0]
         self.large = x                                                                    # (M, 28, 28)
