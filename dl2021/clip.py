@@ -14,13 +14,15 @@ from .train import fit, cached, onecycle
 from .presets import preset, Config
 
 # %% auto #0
-__all__ = ['CLASS_NAMES', 'COLOURS', 'SIZES', 'POSITIONS', 'POSITION_PHRASES', 'HELD_OUT', 'TEMPLATES', 'MENTION', 'CANVAS',
-           'CLIP_PRESETS', 'ENSEMBLE_CONTEXTS', 'PROMPTS', 'UNSEEN_TINT', 'SHIFTS', 'article', 'held_out_mask',
-           'Scenes', 'sample_scenes', 'Renderer', 'plain_canvas', 'Tokenizer', 'world_vocabulary', 'clip_tokenizer',
-           'causal_mask', 'CausalSelfAttention', 'Block', 'TextTransformer', 'AttentionPool2d', 'ImageEncoder', 'CLIP',
-           'clamp_logit_scale', 'clip_loss', 'clip_step', 'TemperatureLog', 'clip_config', 'clip_model', 'train_clip',
-           'pretrained_clip', 'zero_shot_weights', 'encode_images', 'encode_texts', 'train_linear_probe', 'Standardize',
-           'sobel_edges', 'gaussian_blur', 'to_gray28', 'retrieval_recall', 'combination_accuracy', 'zero_shot_probs']
+__all__ = ['CLASS_NAMES', 'COLOURS', 'SIZES', 'POSITIONS', 'POSITION_PHRASES', 'HELD_OUT', 'TEMPLATES', 'STYLES',
+           'STYLE_TEMPLATES', 'MENTION', 'CANVAS', 'STYLE_FNS', 'CLIP_PRESETS', 'PHOTO_CONTEXTS', 'ENSEMBLE_CONTEXTS',
+           'ENSEMBLE_DESCRIPTIONS', 'PROMPTS', 'UNSEEN_TINT', 'SHIFTS', 'article', 'held_out_mask', 'Scenes',
+           'sample_scenes', 'sobel_edges', 'gaussian_blur', 'Renderer', 'plain_canvas', 'Tokenizer', 'world_vocabulary',
+           'clip_tokenizer', 'causal_mask', 'CausalSelfAttention', 'Block', 'TextTransformer', 'AttentionPool2d',
+           'ImageEncoder', 'CLIP', 'clamp_logit_scale', 'clip_loss', 'clip_step', 'TemperatureLog', 'clip_config',
+           'clip_model', 'train_clip', 'pretrained_clip', 'zero_shot_weights', 'encode_images', 'encode_texts',
+           'train_linear_probe', 'Standardize', 'to_gray28', 'retrieval_recall', 'combination_accuracy',
+           'zero_shot_probs']
 
 # %% ../nbs/40_clip.ipynb #9515b81c
 CLASS_NAMES = ('t-shirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'ankle boot')
@@ -31,7 +33,10 @@ POSITIONS = ('left', 'middle', 'right')
 POSITION_PHRASES = {'left': 'on the left', 'middle': 'in the middle', 'right': 'on the right'}
 HELD_OUT = (('red', 'sneaker'), ('green', 'dress'), ('blue', 'bag'), ('yellow', 'coat'), ('magenta', 'trouser'))
 TEMPLATES = ('{}', 'a photo of {}', 'a picture of {}', 'an image of {}', 'there is {}', '{} on a black background')
-MENTION = {'size': .5, 'colour': .75, 'position': .6}                 # probability that a caption mentions it
+STYLES = {'photo': .7, 'drawing': .15, 'blurry': .15}                 # name -> share of the training canvases
+STYLE_TEMPLATES = {'drawing': ('a drawing of {}', 'a sketch of {}', 'an outline drawing of {}'),
+                   'blurry': ('a blurry photo of {}', 'a blurred picture of {}')}
+MENTION = {'size': .5, 'colour': .75, 'position': .6, 'style': .8}    # probability that a caption mentions it
 CANVAS = 56
 
 def article(word: str) -> str:
@@ -56,6 +61,7 @@ class Scenes:
     pos: torch.Tensor      # (N, 2) 0 left, 1 middle, 2 right
     x0: torch.Tensor       # (N, 2) left edge in pixels
     y0: torch.Tensor       # (N, 2) top edge in pixels
+    style: torch.Tensor    # (N,)   index into STYLES
     captions: list
     def __len__(self): return len(self.n_obj)
     def to(self, device) -> Scenes:
@@ -69,10 +75,10 @@ def _describe(size, colour, cls, pos, mention, with_pos) -> str:
     return d + ' ' + POSITION_PHRASES[POSITIONS[pos]] if with_pos else d
 
 def sample_scenes(labels: torch.Tensor, n: int, seed: int = 0, held_out=HELD_OUT, p_two: float = .5,
-                  colour=None, size=None, position=None, mention: dict = MENTION) -> Scenes:
+                  colour=None, size=None, position=None, style=None, mention: dict = MENTION, styles: dict = STYLES) -> Scenes:
     """`n` random canvases of garments drawn from a dataset with class `labels`, with captions. A garment is never one
-    of the `held_out` (colour, class) pairs. `colour`, `size`, `position` (names) fix that attribute of every garment
-    (with `position` set, each canvas holds one garment)."""
+    of the `held_out` (colour, class) pairs. `colour`, `size`, `position`, `style` (names) fix that attribute of every
+    garment (with `position` set, each canvas holds one garment)."""
     g = torch.Generator().manual_seed(seed)
     labels = labels.cpu()
     if position is not None: p_two = 0.
@@ -98,11 +104,15 @@ def sample_scenes(labels: torch.Tensor, n: int, seed: int = 0, held_out=HELD_OUT
     lo, span = lo.gather(-1, pos[..., None])[..., 0], span.gather(-1, pos[..., None])[..., 0]
     x0 = lo + (torch.rand(n, 2, generator=g) * (span + 1)).long().clamp(max=span)
     y0 = (torch.rand(n, 2, generator=g) * (CANVAS - S + 1)).long().clamp(max=CANVAS - S)
-    tpl = torch.randint(0, len(TEMPLATES), (n,), generator=g).tolist()
+    sty = torch.multinomial(torch.tensor([styles.get(k, 0.) for k in STYLES]), n, replacement=True, generator=g)
+    if style is not None: sty[:] = list(STYLES).index(style)
+    u_tpl = torch.rand(n, generator=g).tolist()
+    say_style = (torch.rand(n, generator=g) < mention['style']).tolist()
     ment = (torch.rand(n, 2, 3, generator=g) < torch.tensor([mention['size'], mention['colour'], mention['position']])).tolist()
     swap = (torch.rand(n, generator=g) < .5).tolist()
+    sn = list(STYLES)
     L = lambda t: t.tolist()
-    two_, siz_, col_, cls_, pos_ = L(two), L(siz), L(col), L(cls), L(pos)
+    two_, siz_, col_, cls_, pos_, sty_ = L(two), L(siz), L(col), L(cls), L(pos), L(sty)
     caps = []
     for i in range(n):
         if two_[i]:                                  # both garments say where they are, or neither does
@@ -111,10 +121,28 @@ def sample_scenes(labels: torch.Tensor, n: int, seed: int = 0, held_out=HELD_OUT
             if swap[i]: parts = parts[::-1]
             d = ' and '.join(parts)
         else: d = _describe(siz_[i][0], col_[i][0], cls_[i][0], pos_[i][0], ment[i][0], ment[i][0][2])
-        caps.append(TEMPLATES[tpl[i]].format(d))
-    return Scenes(torch.where(two, 2, 1), gidx, cls, col, siz, pos, x0, y0, caps)
+        tpls = STYLE_TEMPLATES[sn[sty_[i]]] if sn[sty_[i]] in STYLE_TEMPLATES and say_style[i] else TEMPLATES
+        caps.append(tpls[int(u_tpl[i] * len(tpls))].format(d))
+    return Scenes(torch.where(two, 2, 1), gidx, cls, col, siz, pos, x0, y0, sty, caps)
 
 # %% ../nbs/40_clip.ipynb #6a722deb
+def sobel_edges(x: torch.Tensor) -> torch.Tensor:
+    "Gradient magnitude of `(B, H, W)` images (Sobel), each scaled to a maximum of 1: an outline drawing."
+    k = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]], device=x.device)
+    g = F.conv2d(x[:, None], torch.stack([k, k.T])[:, None], padding=1)            # (B, 2, H, W)
+    m = g.norm(dim=1)
+    return m / m.amax((1, 2), keepdim=True).clamp_min(1e-6)
+
+def gaussian_blur(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    "`(B, H, W)` images blurred by a separable Gaussian of std `sigma` pixels."
+    r = math.ceil(3 * sigma)
+    k = torch.exp(-torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) ** 2 / (2 * sigma ** 2)); k = k / k.sum()
+    y = F.conv2d(x[:, None], k.view(1, 1, 1, -1), padding=(0, r))
+    return F.conv2d(y, k.view(1, 1, -1, 1), padding=(r, 0))[:, 0]
+
+STYLE_FNS = {'drawing': sobel_edges, 'blurry': gaussian_blur}
+
+# %% ../nbs/40_clip.ipynb #0ca7bbdc
 class Renderer:
     "Draws `Scenes` as `(B, 3, 56, 56)` images in [0, 1] from a stack of 28×28 garments (uint8, or float in [0, 1])."
     def __init__(self, garments: torch.Tensor, device=None):
@@ -129,14 +157,18 @@ class Renderer:
         dev = self.device
         idx = torch.arange(len(scenes), device=dev) if idx is None else idx.to(dev)
         sc = scenes if scenes.n_obj.device == dev else scenes.to(dev)
-        n_obj, gidx, size, colour, x0, y0 = (t[idx] for t in (sc.n_obj, sc.gidx, sc.size, sc.colour, sc.x0, sc.y0))
+        n_obj, gidx, size, colour, x0, y0, style = (t[idx] for t in (sc.n_obj, sc.gidx, sc.size, sc.colour, sc.x0, sc.y0, sc.style))
         canvas = torch.zeros(len(idx), CANVAS, CANVAS, 3, device=dev)                       # (B, H, W, 3)
         for j in (0, 1):
             for s, src in ((0, self.small), (1, self.large)):
                 sel = ((n_obj > j) & (size[:, j] == s)).nonzero()[:, 0]                      # (b,)
                 if len(sel) == 0: continue
                 S = src.shape[-1]
-                patch = src[gidx[sel, j]][..., None] * self.rgb[colour[sel, j]][:, None, None]   # (b, S, S, 3)
+                g = src[gidx[sel, j]]                                                        # (b, S, S) a copy
+                for k, name in enumerate(STYLES):
+                    if name in STYLE_FNS and (style[sel] == k).any():
+                        g[style[sel] == k] = STYLE_FNS[name](g[style[sel] == k])
+                patch = g[..., None] * self.rgb[colour[sel, j]][:, None, None]                # (b, S, S, 3)
                 rows = y0[sel, j, None] + torch.arange(S, device=dev)                        # (b, S)
                 cols = x0[sel, j, None] + torch.arange(S, device=dev)                        # (b, S)
                 canvas[sel[:, None, None], rows[:, :, None], cols[:, None, :]] = patch
@@ -182,7 +214,8 @@ class Tokenizer:
 
 def world_vocabulary() -> list:
     "Every word the caption generator can write."
-    text = ' '.join((*TEMPLATES, *POSITION_PHRASES.values(), *CLASS_NAMES, *COLOURS, *SIZES, 'a an and'))
+    text = ' '.join((*TEMPLATES, *[t for ts in STYLE_TEMPLATES.values() for t in ts], *POSITION_PHRASES.values(),
+                     *CLASS_NAMES, *COLOURS, *SIZES, 'a an and'))
     return sorted(set(Tokenizer.words(text.replace('{}', ' '))))
 
 def clip_tokenizer(context_length: int = 24) -> Tokenizer:
@@ -324,7 +357,7 @@ CLIP_PRESETS = dict(
              text_layers=2, text_heads=4, embed_dim=96),
     full=dict(n_pairs=262_144, epochs=8, bs=1024, lr=2e-3, vision_widths=(32, 64, 128, 256), vision_heads=8,
               text_width=256, text_layers=4, text_heads=8, embed_dim=256),
-    lr=4e-3, wd=0.1, seed=0, context_length=24, init_temperature=.07, max_logit_scale=100., world='v1')
+    lr=4e-3, wd=0.1, seed=0, context_length=24, init_temperature=.07, max_logit_scale=100., world='v2')
 
 def clip_config(name: str | None = None) -> Config:
     "The CLIP configuration of preset `name` (default: the current preset)."
@@ -390,14 +423,16 @@ def encode_texts(model: CLIP, tok: Tokenizer, texts) -> torch.Tensor:
     return model.encode_text(tok.encode(list(texts)).to(model.logit_scale.device)).float()
 
 # %% ../nbs/40_clip.ipynb #b34eabcf
-ENSEMBLE_CONTEXTS = ('a photo of a {}', 'a picture of a {}', 'an image of a {}', 'there is a {}', 'a {} on a black background')
+PHOTO_CONTEXTS = ('a photo of a {}', 'a picture of a {}', 'an image of a {}', 'there is a {}', 'a {} on a black background')
+ENSEMBLE_CONTEXTS = PHOTO_CONTEXTS + ('a drawing of a {}', 'a sketch of a {}', 'a blurry photo of a {}')
+ENSEMBLE_DESCRIPTIONS = ('{}', 'small {}', 'large {}', 'white {}', 'small white {}', 'large white {}', '{} on the left',
+                         '{} in the middle', '{} on the right', 'large {} in the middle')
 PROMPTS = {
     'class name': ('{}',),
     'default': ('a photo of a {}',),
     'engineered': ('a photo of a large white {} in the middle',),
-    'ensemble': tuple(c.format(f'{d}{p}') for c in ENSEMBLE_CONTEXTS for d in ('{}', 'small {}', 'large {}', 'white {}')
-                      for p in ('', ' on the left', ' in the middle', ' on the right')),
-    'engineered ensemble': tuple(c.format('large white {} in the middle') for c in ENSEMBLE_CONTEXTS),
+    'ensemble': tuple(c.format(d) for c in ENSEMBLE_CONTEXTS for d in ENSEMBLE_DESCRIPTIONS),       # 8 x 10 = 80
+    'engineered ensemble': tuple(c.format('large white {} in the middle') for c in PHOTO_CONTEXTS),
 }
 
 # %% ../nbs/40_clip.ipynb #e39938a9
@@ -421,20 +456,6 @@ class Standardize(nn.Module):
     def forward(self, x): return (x - self.mean) / self.std
 
 # %% ../nbs/40_clip.ipynb #bc25bb0a
-def sobel_edges(x: torch.Tensor) -> torch.Tensor:
-    "Gradient magnitude of `(B, H, W)` images (Sobel), each scaled to a maximum of 1: an outline drawing."
-    k = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]], device=x.device)
-    g = F.conv2d(x[:, None], torch.stack([k, k.T])[:, None], padding=1)            # (B, 2, H, W)
-    m = g.norm(dim=1)
-    return m / m.amax((1, 2), keepdim=True).clamp_min(1e-6)
-
-def gaussian_blur(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
-    "`(B, H, W)` images blurred by a separable Gaussian of std `sigma` pixels."
-    r = math.ceil(3 * sigma)
-    k = torch.exp(-torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) ** 2 / (2 * sigma ** 2)); k = k / k.sum()
-    y = F.conv2d(x[:, None], k.view(1, 1, 1, -1), padding=(0, r))
-    return F.conv2d(y, k.view(1, 1, -1, 1), padding=(r, 0))[:, 0]
-
 UNSEEN_TINT = (1., .55, 0.)                                                       # orange: in no training caption
 
 SHIFTS = {'plain': lambda x: plain_canvas(x),

@@ -1,9 +1,10 @@
 import math, re, pytest, torch
 import torch.nn.functional as F
 from dl2021.core import set_seed
-from dl2021.clip import (CLIP, CLASS_NAMES, COLOURS, HELD_OUT, PROMPTS, Renderer, TextTransformer, Tokenizer,
-                         CausalSelfAttention, causal_mask, clamp_logit_scale, clip_loss, clip_step, clip_tokenizer,
-                         held_out_mask, plain_canvas, retrieval_recall, sample_scenes, zero_shot_weights)
+from dl2021.clip import (CLIP, CLASS_NAMES, COLOURS, HELD_OUT, PROMPTS, STYLES, STYLE_TEMPLATES, TEMPLATES, Renderer,
+                         TextTransformer, Tokenizer, CausalSelfAttention, causal_mask, clamp_logit_scale, clip_loss,
+                         clip_step, clip_tokenizer, gaussian_blur, held_out_mask, plain_canvas, retrieval_recall,
+                         sample_scenes, sobel_edges, zero_shot_weights)
 
 
 def brute_info_nce(logits):
@@ -119,9 +120,25 @@ def test_scenes_are_deterministic_and_render_on_canvas():
     r = Renderer(garments)
     x = r(a)
     assert x.shape == (64, 3, 56, 56) and torch.equal(x, r(b)) and 0 <= x.min() and x.max() <= 1
-    one = sample_scenes(labels, 3, seed=0, colour='white', size='large', position='middle')
+    one = sample_scenes(labels, 3, seed=0, colour='white', size='large', position='middle', style='photo')
     one.x0[:, 0] = one.y0[:, 0] = 14
-    torch.testing.assert_close(r(one), plain_canvas(garments[one.gidx[:, 0]]))
+    g = garments[one.gidx[:, 0]]
+    torch.testing.assert_close(r(one), plain_canvas(g))
+    for name, fn in (('drawing', sobel_edges), ('blurry', gaussian_blur)):      # styles are the test shifts' maps
+        one.style[:] = list(STYLES).index(name)
+        torch.testing.assert_close(r(one), plain_canvas(fn(g)))
+
+
+def test_styles_and_their_captions():
+    labels = torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(0))
+    sc = sample_scenes(labels, 20_000, seed=4)
+    for i, (name, p) in enumerate(STYLES.items()):
+        assert abs((sc.style == i).float().mean().item() - p) < .02
+    said = {k: [any(c.startswith(t.split('{}')[0]) and t.split('{}')[0] for t in STYLE_TEMPLATES[k]) for c, st in
+                zip(sc.captions, sc.style.tolist()) if list(STYLES)[st] == k] for k in STYLE_TEMPLATES}
+    for k, v in said.items(): assert .75 < sum(v) / len(v) < .85                   # usually, not always, said
+    photo_caps = [c for c, st in zip(sc.captions, sc.style.tolist()) if st == 0]
+    assert not any(w in c for c in photo_caps for w in ('drawing', 'sketch', 'blurry', 'blurred'))
 
 
 def test_tokenizer_round_trip():
