@@ -159,6 +159,7 @@ def pca_colours(states: torch.Tensor) -> torch.Tensor:
     "Project embeddings (..., d) on their top-3 principal directions, scaled to [0, 1]: (..., 3) RGB."
     flat = states.reshape(-1, states.shape[-1]).float()
     flat = flat - flat.mean(0)
+    if flat.abs().max() < 1e-6: return torch.full((*states.shape[:-1], 3), 0.5)   # all identical: one grey island
     _, _, V = torch.pca_lowrank(flat, q=3, center=False)
     proj = flat @ V[:, :3]
     proj = (proj - proj.min(0).values) / (proj.max(0).values - proj.min(0).values + 1e-8)
