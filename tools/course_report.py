@@ -13,7 +13,14 @@ sys.path.insert(0, str(ROOT))
 
 # Estimated wall time of the `full` preset on one H100 (seconds), from each notebook's CPU throughput and the size of
 # its full preset; shown until a GPU run replaces it with a measurement.
-FULL_ESTIMATES_S = {}
+FULL_ESTIMATES_S = {   # from the sizes each page states for its `full` preset (per run × runs where it states per run)
+    '05_resnet': 90, '06_fid': 20, '10_mlp_mixer': 120, '11_resmlp': 60, '12_gmlp': 90, '13_ff_only': 60,
+    '14_repmlp': 120, '15_convmixer': 90, '16_mixers_compared': 120,
+    '21_improved_ddpm': 120, '22_guidance': 120, '23_sr3': 120, '24_palette': 120,
+    '30_ssl': 25, '31_ssl_baselines': 100, '32_byol': 150, '33_simsiam': 100,
+    '40_clip': 120, '45_byt5': 120, '50_batchnorm': 120,
+    '60_capsules': 90, '61_flows': 90, '62_glom': 120, '63_lambda': 120, '64_protein': 60, '65_riemannian': 60,
+}
 
 HEAD = """# Results registry
 
@@ -36,12 +43,13 @@ def _m(s): return f'{s / 60:.1f} min'
 
 def report(root: Path = ROOT) -> str:
     from dl2021.provenance import read_provenance
-    rows, cpu_total, full_total = [], 0., 0.
+    rows, cpu_total, full_total, unrun = [], 0., 0., []
     for nb in sorted((root / 'nbs').glob('[0-9]*.ipynb')):
         rec = read_provenance(nb) or {'runs': {}}
         cpu, full = rec['runs'].get('cpu'), rec['runs'].get('full')
         if cpu: cpu_total += cpu['wall_s']
         if full: full_total += full['wall_s']
+        else: unrun.append(nb)
         est = FULL_ESTIMATES_S.get(nb.stem)
         shown = f"outputs from `{rec['outputs']}`" if rec.get('outputs') else 'not executed yet'
         rows.append('| ' + ' | '.join([
@@ -50,7 +58,11 @@ def report(root: Path = ROOT) -> str:
             f"{_m(full['wall_s'])} ({full['device']}, {full['date']})" if full else (f'*est.* {_m(est)}' if est else '—'),
             shown]) + ' |')
     table = ('| notebook | `cpu` | `full` | page shows |\n|---|---|---|---|\n' + '\n'.join(rows) + '\n\n'
-             f'Total measured: `cpu` {_m(cpu_total)}; `full` {_m(full_total)}.\n')
+             f'Total measured: `cpu` {_m(cpu_total)}; `full` {_m(full_total)}. '
+             f'Estimated `full` (one notebook at a time, pages without a measured run): '
+             f'{_m(sum(FULL_ESTIMATES_S.get(p.stem, 0) for p in unrun))}. A GPU lease of 15 minutes runs what fits '
+             f'(`make course PRESET=full DEADLINE=...`); the runner skips notebooks whose `full` outputs are up to date, '
+             f'so the next lease continues where the last one stopped.\n')
     return HEAD + '\n' + table
 
 
