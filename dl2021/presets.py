@@ -25,9 +25,9 @@ class Config(dict):
         except KeyError: raise AttributeError(k) from None
     def __setattr__(self, k, v): self[k] = v
 
-def preset(smoke: dict, cpu: dict | None = None, full: dict | None = None, name: str | None = None, **common) -> Config:
+def preset(smoke: dict, cpu: dict, full: dict, name: str | None = None, **common) -> Config:
     "The configuration for the current preset: `common` settings updated by the chosen preset's; `cfg.preset` names it."
     name = preset_name(name)
     chosen = {'smoke': smoke, 'cpu': cpu, 'full': full}[name]
-    if chosen is None: raise ValueError(f'this experiment has no {name!r} preset')
+    if not isinstance(chosen, dict): raise TypeError(f'the {name!r} preset must be a dict of settings, not {chosen!r}')
     return Config({**common, **chosen, 'preset': name})
