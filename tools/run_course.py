@@ -9,7 +9,7 @@
   with its provenance record (`results/runs/<nb>.json`), so a timeout loses only the notebooks in flight.
 - A notebook whose committed outputs already come from the same preset and the same code is skipped (`--force` runs
   it anyway).
-- `--deadline S`: no notebook starts after S seconds from the start; those in flight finish (or hit `--timeout`).
+- `--deadline S`: no notebook starts after S seconds from the first start (after the up-to-date checks); those in flight finish (or hit `--timeout`).
 - `--pack DIR`: writes the executed notebooks, their result records and provenance into at most 8 archives of at
   most 15 MiB each: how a GPU host with no internet and a command time limit sends a run back (`--unpack` here).
 - Prints progress per cell of every notebook, and a table at the end: notebook, preset, device, wall time, status.
@@ -110,7 +110,6 @@ class Job:
 
 def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=None):
     "Execute `nbs` (already ordered); returns rows (notebook, preset, device, wall_s, status)."
-    t_start = time.perf_counter()
     lock = threading.Lock()
     def log(msg):
         with lock: print(msg, flush=True)
@@ -119,6 +118,7 @@ def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=N
     for nb in list(pending):
         if not force and up_to_date(nb, preset):
             rows[nb.stem] = (nb, preset, '', 0., 'skipped (up to date)'); pending.remove(nb); finished.add(nb.stem)
+    t_start = time.perf_counter()                         # the deadline counts from here, once the skips are known
     while pending or running:
         for nb, job in list(running.items()):
             res = job.poll()
