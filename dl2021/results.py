@@ -8,8 +8,8 @@ import torch
 from .core import device_name
 
 # %% auto #0
-__all__ = ['REQUIRED', 'RECORDED_PRESETS', 'SMOKE_NOTE', 'repo_root', 'results_dir', 'git_rev', 'slug', 'record', 'load_results',
-           'results_table', 'write_results_page']
+__all__ = ['REQUIRED', 'RECORDED_PRESETS', 'SMOKE_NOTE', 'repo_root', 'results_dir', 'git_rev', 'slug', 'RecordFile', 'record',
+           'load_results', 'results_table', 'write_results_page']
 
 # %% ../nbs/04_registry.ipynb #119d39ec
 REQUIRED = ('paper', 'metric', 'ours', 'preset', 'device', 'wall_s', 'seed', 'git_rev', 'notebook')
@@ -54,11 +54,17 @@ def _fmt_ref(value, setting: str, source: str) -> str:
     v = '—' if value is None else _num(value)
     return f"{v} ({'; '.join(s for s in (setting, source) if s)})"
 
+class RecordFile(type(Path())):
+    "The file `record` wrote. Shown relative to the repository, so a notebook's output never carries a machine's path."
+    def __repr__(self):
+        try: return f"RecordFile('{self.relative_to(repo_root())}')"
+        except ValueError: return f"RecordFile('{self.name}')"
+
 def record(paper: str, metric: str, ours, *, preset: str, wall_s: float, seed, notebook: str,
            paper_value=None, paper_setting: str = '', paper_source: str = '',
            anchor_value=None, anchor_setting: str = '', anchor_source: str = '',
            our_setting: str = '', ours_std: float | None = None, name: str | None = None,
-           device: str | None = None, notes: str = '', **extra) -> Path | None:
+           device: str | None = None, notes: str = '', **extra) -> RecordFile | None:
     """Write `ours` beside the paper's number (`paper_value`, in `paper_setting`, from `paper_source`) and the closest
     same-dataset anchor's (`anchor_*`) to the registry for the `cpu` and `full` presets; returns the file (None in smoke)."""
     for kind, v, src in (('paper', paper_value, paper_source), ('anchor', anchor_value, anchor_source)):
@@ -81,7 +87,7 @@ def record(paper: str, metric: str, ours, *, preset: str, wall_s: float, seed, n
     with os.fdopen(fd, 'w') as f: json.dump(rec, f, indent=2, default=float, ensure_ascii=False); f.write('\n')
     os.replace(tmp, path)
     print(f'recorded [{preset}, {rec["device"]}] {paper} / {metric}: ours {_num(ours)}' + (f'; {refs}' if refs else ''))
-    return path
+    return RecordFile(path)
 
 def load_results(path: Path | str | None = None) -> list[dict]:
     "Every record in the registry folder (each must have the `REQUIRED` fields), sorted by notebook, metric, preset."
