@@ -39,13 +39,13 @@ class WeightNormLinear(nn.Module):
 class DINOHead(nn.Module):
     "MLP (Linear-GELU × (n_layers-1), Linear to `bottleneck`), ℓ2-normalise, weight-normalised Linear to `out_dim` (K)."
     def __init__(self, in_dim: int, out_dim: int = 65536, hidden: int = 2048, bottleneck: int = 256,
-                 n_layers: int = 3, norm_last_layer: bool = True):
+                 n_layers: int = 3, norm_last_layer: bool = True, use_bn: bool = False):
         super().__init__()
         if n_layers < 1: raise ValueError(f'n_layers={n_layers}: the head has at least one layer')
         dims = [in_dim] + [hidden] * (n_layers - 1) + [bottleneck]
         layers = []
-        for a, b in zip(dims[:-1], dims[1:]): layers += [nn.Linear(a, b), nn.GELU()]
-        self.mlp = nn.Sequential(*layers[:-1])                                  # no GELU after the bottleneck
+        for a, b in zip(dims[:-1], dims[1:]): layers += [nn.Linear(a, b)] + ([nn.BatchNorm1d(b)] if use_bn else []) + [nn.GELU()]
+        self.mlp = nn.Sequential(*layers[:-2 if use_bn else -1])               # nothing after the bottleneck's Linear
         for m in self.mlp:
             if isinstance(m, nn.Linear): nn.init.trunc_normal_(m.weight, std=.02); nn.init.zeros_(m.bias)
         self.last_layer = WeightNormLinear(bottleneck, out_dim, fix_gain=norm_last_layer)
@@ -85,11 +85,11 @@ class DINO(nn.Module):
     "Student (backbone + DINO head), teacher = EMA of the student (`.teacher`), centre `c`; `.backbone` is the teacher's."
     def __init__(self, backbone: nn.Module, out_dim: int = 65536, hidden: int = 2048, bottleneck: int = 256,
                  n_layers: int = 3, norm_last_layer: bool = True, tau_s: float = 0.1, tau_t: float = 0.04,
-                 center_momentum: float = 0.9, centering: bool = True):
+                 center_momentum: float = 0.9, centering: bool = True, use_bn: bool = False):
         super().__init__()
         if not 0 <= center_momentum <= 1: raise ValueError(f'center_momentum={center_momentum}: the EMA rate m must be in [0, 1]')
         if min(tau_s, tau_t) <= 0: raise ValueError('the temperatures tau_s and tau_t must be > 0')
-        self.student = nn.Sequential(backbone, DINOHead(backbone.dim, out_dim, hidden, bottleneck, n_layers, norm_last_layer))
+        self.student = nn.Sequential(backbone, DINOHead(backbone.dim, out_dim, hidden, bottleneck, n_layers, norm_last_layer, use_bn))
         self.ema = EMA(self.student, beta=0.996, warmup=False)                # not a Module: the average's bookkeeping
         self.teacher = self.ema.module                                          # registered: saved, moved, train/eval
         self.register_buffer('center', torch.zeros(1, out_dim))
@@ -151,7 +151,7 @@ def dino_config(name: str | None = None, **overrides):
                   n_local=8, short_n_train=15_360),
         name=cfg.preset, local_size=12, global_scale=(0.4, 1.), local_scale=(0.05, 0.4),
         tau_s=0.1, tau_t=0.07, tau_t_start=0.04, tau_t_warmup=0.3, center_m=0.9, centering=True,
-        tau_base=0.99, norm_last_layer=True))
+        tau_base=0.99, norm_last_layer=True, head_bn=False))
     cfg.update(overrides)
     return cfg
 
@@ -159,7 +159,8 @@ def dino_model(cfg) -> DINO:
     "The ViT student/teacher pair of config `cfg`."
     vit = ViT(dim=cfg.vit_dim, depth=cfg.vit_depth, heads=cfg.vit_heads, mlp_ratio=cfg.vit_mlp)
     return DINO(vit, cfg.out_dim, cfg.head_hidden, cfg.bottleneck, norm_last_layer=cfg.norm_last_layer,
-                tau_s=cfg.tau_s, tau_t=cfg.tau_t_start, center_momentum=cfg.center_m, centering=cfg.centering)
+                tau_s=cfg.tau_s, tau_t=cfg.tau_t_start, center_momentum=cfg.center_m, centering=cfg.centering,
+                use_bn=cfg.head_bn)
 
 def _bottleneck(m, x): return m.teacher[1].embed(m.backbone(x))                # what the collapse monitor watches
 
