@@ -150,7 +150,7 @@ def dino_config(name: str | None = None, **overrides):
         full=dict(vit_dim=192, vit_depth=6, vit_heads=3, vit_mlp=4., out_dim=65536, head_hidden=2048, bottleneck=256,
                   n_local=8, short_n_train=30_720),
         name=cfg.preset, local_size=12, global_scale=(0.4, 1.), local_scale=(0.05, 0.4),
-        tau_s=0.1, tau_t=0.07, tau_t_start=0.04, tau_t_warmup=0.3, center_m=0.9, centering=True,
+        tau_s=0.1, tau_t=0.02, tau_t_start=0.02, tau_t_warmup=0.3, center_m=0.9, centering=True,
         tau_base=0.99, norm_last_layer=True, head_bn=True))
     cfg.update(overrides)
     return cfg
