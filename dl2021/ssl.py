@@ -148,7 +148,7 @@ class ViT(nn.Module):
     def __init__(self, img_size: int = 28, patch: int = 4, dim: int = 128, depth: int = 4, heads: int = 4,
                  mlp_ratio: float = 2., c_in: int = 1):
         super().__init__()
-        if img_size % patch: raise ValueError(f'img_size={img_size} is not a multiple of patch={patch}')
+        if img_size % patch: raise ValueError(f'img_size={img_size} is not a multiple of patch={patch}: choose a patch that divides it')
         self.patch, self.dim, self.grid = patch, dim, img_size // patch
         self.standardize = Standardize()
         self.patch_embed = nn.Conv2d(c_in, dim, patch, patch)                 # one linear map per 4×4 patch
@@ -163,13 +163,21 @@ class ViT(nn.Module):
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=.02)
             if m.bias is not None: nn.init.zeros_(m.bias)
+    def pos_encoding(self, h: int, w: int) -> torch.Tensor:
+        "Position embeddings for an h × w grid of patches: the learned ones, bicubically resized if the grid differs (DINO's local crops)."
+        if (h, w) == (self.grid, self.grid): return self.pos_embed
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        patch_pos = patch_pos.reshape(1, self.grid, self.grid, self.dim).permute(0, 3, 1, 2)          # (1, dim, g, g)
+        patch_pos = F.interpolate(patch_pos, size=(h, w), mode='bicubic', align_corners=False)
+        return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, self.dim)], 1)
     def tokens(self, x):
         "Patch embeddings with the [CLS] token in front and position embeddings added: (B, 1 + N, dim)."
-        x = self.patch_embed(self.standardize(x)).flatten(2).transpose(1, 2)   # (B, N, dim)
-        if x.shape[1] != self.pos_embed.shape[1] - 1:
-            raise ValueError(f'{x.shape[1]} patches, but the position embeddings are for {self.grid ** 2}: '
-                             f'give images of the size the ViT was built for, or build it with that img_size')
-        return torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
+        if x.shape[-1] % self.patch or x.shape[-2] % self.patch:
+            raise ValueError(f'image size {tuple(x.shape[-2:])} is not a multiple of the patch size {self.patch}')
+        x = self.patch_embed(self.standardize(x))                               # (B, dim, h, w)
+        h, w = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)                                        # (B, N, dim)
+        return torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_encoding(h, w)
     def forward(self, x):                                                       # (B, 1, H, W) -> (B, dim)
         x = self.tokens(x)
         for blk in self.blocks: x = blk(x)
@@ -303,11 +311,11 @@ def plot_collapse(histories: dict, axs=None, d: int | None = None):
 def ssl_budget(name: str | None = None, **overrides):
     "The chapter's shared budget (`smoke`/`cpu`/`full`): data sizes, backbone, batch, steps, evaluation sizes, head widths, optimiser."
     cfg = preset(
-        smoke=dict(n_train=256, bs=64, epochs=1, widths=(8, 16, 32, 64), proj_hidden=64, proj_dim=32, pred_hidden=16,
-                   n_bank=500, n_query=200, n_mon_bank=300, n_mon_query=100, n_probe=64, every=2, probe_epochs=2, probe_bs=128),
-        cpu=dict(n_train=16_384, bs=128, epochs=1, widths=(16, 32, 64, 128), proj_hidden=256, proj_dim=128, pred_hidden=64,
-                 n_bank=10_000, n_query=2_000, n_mon_bank=2_000, n_mon_query=500, n_probe=512, every=16, probe_epochs=20, probe_bs=256),
-        full=dict(n_train=None, bs=512, epochs=10, widths=(32, 64, 128, 256), proj_hidden=1024, proj_dim=256, pred_hidden=128,
+        smoke=dict(n_train=128, bs=32, epochs=1, widths=(8, 16, 32, 64), proj_hidden=64, proj_dim=32, pred_hidden=16,
+                   n_bank=300, n_query=100, n_mon_bank=100, n_mon_query=50, n_probe=32, every=2, probe_epochs=1, probe_bs=64),
+        cpu=dict(n_train=16_384, bs=64, epochs=1, widths=(16, 32, 64, 128), proj_hidden=256, proj_dim=128, pred_hidden=64,
+                 n_bank=10_000, n_query=2_000, n_mon_bank=2_000, n_mon_query=500, n_probe=512, every=32, probe_epochs=20, probe_bs=256),
+        full=dict(n_train=None, bs=512, epochs=8, widths=(32, 64, 128, 256), proj_hidden=1024, proj_dim=256, pred_hidden=128,
                   n_bank=None, n_query=None, n_mon_bank=5_000, n_mon_query=1_000, n_probe=1024, every=100, probe_epochs=30, probe_bs=1024),
         name=name, lr=2e-3, wd=1e-4, k=200, T=0.07, seed=0)
     cfg.update(overrides)

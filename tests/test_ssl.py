@@ -98,7 +98,10 @@ def test_vit_attention_readout():
     assert torch.allclose(A.sum(-1), torch.ones(3, 4, 50), atol=1e-5)
     assert not torch.allclose(A[0], A[1])
     assert vit(x).shape == (3, 32)
-    with pytest.raises(ValueError, match='img_size'): vit(torch.rand(1, 1, 32, 32))
+    assert torch.equal(vit.pos_encoding(7, 7), vit.pos_embed)                 # native grid: the learned embeddings
+    assert vit(torch.rand(2, 1, 12, 12)).shape == (2, 32)                       # DINO's local crops: resized embeddings
+    assert vit.get_last_selfattention(torch.rand(2, 1, 32, 32)).shape == (2, 4, 65, 65)
+    with pytest.raises(ValueError, match='multiple'): vit(torch.rand(1, 1, 30, 30))
     with pytest.raises(ValueError, match='multiple'): ViT(dim=30, heads=4)
 
 
