@@ -6,17 +6,17 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['act_bn', 'patch_embed', 'Residual', 'convmixer_layer', 'ConvMixer', 'convmixer_1536_20', 'convmixer_768_32',
+__all__ = ['act_bn', 'convmixer_stem', 'Residual', 'convmixer_layer', 'ConvMixer', 'convmixer_1536_20', 'convmixer_768_32',
            'convmixer_fmnist', 'convmixer_tweet', 'load_into_tweet']
 
 # %% ../nbs/15_convmixer.ipynb #a366f411
-def act_bn(conv: nn.Module, h: int) -> nn.Sequential:
-    "`conv` followed by GELU then BatchNorm (the paper's order): BN(σ(conv(x)))."
-    return nn.Sequential(conv, nn.GELU(), nn.BatchNorm2d(h))
+def act_bn(conv: nn.Module, h: int, act=nn.GELU) -> nn.Sequential:
+    "`conv` followed by the activation then BatchNorm (the paper's order): BN(σ(conv(x)))."
+    return nn.Sequential(conv, act(), nn.BatchNorm2d(h))
 
-def patch_embed(h: int, p: int, in_chans: int = 3) -> nn.Sequential:
+def convmixer_stem(h: int, p: int, in_chans: int = 3, act=nn.GELU) -> nn.Sequential:
     "z₀ = BN(σ(Conv(x, kernel=p, stride=p))): (B, c, n, n) -> (B, h, n/p, n/p)."
-    return act_bn(nn.Conv2d(in_chans, h, kernel_size=p, stride=p), h)
+    return act_bn(nn.Conv2d(in_chans, h, kernel_size=p, stride=p), h, act)
 
 # %% ../nbs/15_convmixer.ipynb #c8d8e77c
 class Residual(nn.Module):
@@ -25,32 +25,39 @@ class Residual(nn.Module):
         super().__init__(); self.fn = fn
     def forward(self, x): return self.fn(x) + x
 
-def convmixer_layer(h: int, k: int) -> nn.Sequential:
+def convmixer_layer(h: int, k: int, act=nn.GELU) -> nn.Sequential:
     "One ConvMixer layer: z' = BN(σ(DWConv_k(z))) + z, then BN(σ(PWConv(z'))). Shape (B, h, H, W) is kept."
+    if k < 1 or k % 2 == 0: raise ValueError(f'kernel_size must be odd (padding k//2 keeps the size only then), not {k}: use {k + 1}')
     return nn.Sequential(
-        Residual(act_bn(nn.Conv2d(h, h, k, groups=h, padding='same'), h)),   # spatial (token) mixing
-        act_bn(nn.Conv2d(h, h, kernel_size=1), h))                           # channel mixing
+        Residual(act_bn(nn.Conv2d(h, h, k, groups=h, padding=k // 2), h, act)),   # spatial (token) mixing
+        act_bn(nn.Conv2d(h, h, kernel_size=1), h, act))                           # channel mixing
 
 # %% ../nbs/15_convmixer.ipynb #90f2eaf0
+_ACTS = {'gelu': nn.GELU, 'relu': nn.ReLU}
+
 class ConvMixer(nn.Module):
-    "ConvMixer-`dim`/`depth` with depthwise kernel `kernel_size` and patch size `patch_size`."
+    "ConvMixer-`dim`/`depth` with depthwise kernel `kernel_size`, patch size `patch_size` and activation `act` ('gelu'/'relu')."
     def __init__(self, dim: int, depth: int, kernel_size: int = 9, patch_size: int = 7, in_chans: int = 3,
-                 num_classes: int = 1000):
+                 num_classes: int = 1000, act: str = 'gelu'):
         super().__init__()
-        self.stem = patch_embed(dim, patch_size, in_chans)
-        self.blocks = nn.Sequential(*[convmixer_layer(dim, kernel_size) for _ in range(depth)])
+        for k, v in dict(dim=dim, depth=depth, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes).items():
+            if not isinstance(v, int) or v < 1: raise ValueError(f'{k} must be a positive integer, not {v!r}')
+        if act not in _ACTS: raise ValueError(f"act must be one of {list(_ACTS)}, not {act!r}")
+        A = _ACTS[act]
+        self.stem = convmixer_stem(dim, patch_size, in_chans, A)
+        self.blocks = nn.Sequential(*[convmixer_layer(dim, kernel_size, A) for _ in range(depth)])
         self.head = nn.Linear(dim, num_classes)
     def features(self, x):                                  # (B, c, n, n) -> (B, dim)
         return self.blocks(self.stem(x)).mean((2, 3))
     def forward(self, x): return self.head(self.features(x))   # (B, num_classes)
 
 def convmixer_1536_20(**kw) -> ConvMixer:
-    "ConvMixer-1536/20, kernel 9, patch 7 (51.6M parameters at 1000 classes; 81.4% ImageNet top-1 in the paper)."
+    "ConvMixer-1536/20, kernel 9, patch 7, GELU (51.6M parameters at 1000 classes; 81.4% ImageNet top-1 in the paper)."
     return ConvMixer(1536, 20, kernel_size=9, patch_size=7, **kw)
 
 def convmixer_768_32(**kw) -> ConvMixer:
-    "ConvMixer-768/32, kernel 7, patch 7 (21.1M parameters at 1000 classes; 80.2% ImageNet top-1 in the paper)."
-    return ConvMixer(768, 32, kernel_size=7, patch_size=7, **kw)
+    "ConvMixer-768/32, kernel 7, patch 7, ReLU as the released weights (21.1M parameters; 80.2% ImageNet top-1)."
+    return ConvMixer(768, 32, kernel_size=7, patch_size=7, **{'act': 'relu', **kw})
 
 def convmixer_fmnist(dim: int = 256, depth: int = 8, kernel_size: int = 5, patch_size: int = 2, in_chans: int = 1,
                      num_classes: int = 10, **kw) -> ConvMixer:
@@ -68,6 +75,7 @@ def convmixer_tweet(h, d, k, p, n, c=3):
 def load_into_tweet(model: ConvMixer, tweet: nn.Module) -> nn.Module:
     "Copy `model`'s parameters and buffers into the tweet-sized `tweet` (same tensors, same order); returns `tweet`."
     src, dst = model.state_dict(), tweet.state_dict()
-    assert [v.shape for v in src.values()] == [v.shape for v in dst.values()], 'architectures differ'
+    if [v.shape for v in src.values()] != [v.shape for v in dst.values()]:
+        raise ValueError('the two architectures differ: build the tweet with the same h, d, k, p, n and c as the model')
     tweet.load_state_dict(dict(zip(dst.keys(), src.values())))
     return tweet

@@ -2,23 +2,34 @@
 
 # %% ../nbs/20_ddpm.ipynb #2e41eddb
 from __future__ import annotations
-import math
+import math, re
 import torch
 from torch import nn
 import torch.nn.functional as F
+from .core import set_seed, device_name
+from .data import fashion_mnist
+from .train import fit, EMA, cached
 
 # %% auto #0
-__all__ = ['linear_betas', 'cosine_betas', 'Schedule', 'extract', 'q_sample', 'q_posterior', 'predict_x0', 'predict_eps',
-           'timestep_embedding', 'norm', 'zero_init', 'ResBlock', 'SelfAttention', 'Downsample', 'Upsample', 'UNet',
-           'ddpm_loss', 'make_diffusion_step', 'learned_log_variance', 'ddpm_sample', 'respace', 'ddim_sample']
+__all__ = ['SPACINGS', 'CHAPTER_RECIPES', 'linear_betas', 'cosine_betas', 'Schedule', 'extract', 'q_sample', 'q_posterior',
+           'predict_x0', 'predict_eps', 'timestep_embedding', 'norm', 'zero_init', 'TimestepResBlock', 'SelfAttention',
+           'Downsample', 'Upsample', 'UNet', 'ddpm_loss', 'cpu_autocast', 'make_diffusion_step', 'learned_log_variance',
+           'as_eps_fn', 'ddpm_sample', 'respaced_steps', 'respace', 'ddim_sample', 'make_schedule', 'make_unet',
+           'fit_cached', 'chapter_unet', 'sample_many']
 
 # %% ../nbs/20_ddpm.ipynb #451c168a
 def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
-    "DDPM's linear schedule: β_t from `beta_1` to `beta_T` over `T` steps (float64, shape (T,))."
-    return torch.linspace(beta_1, beta_T, T, dtype=torch.float64)
+    "DDPM's linear schedule (float64, (T,)): `beta_1` … `beta_T` are the values for T = 1000, both scaled by 1000/T as in Improved DDPM."
+    if T < 1: raise ValueError(f'T must be a positive number of steps, not {T}')
+    scale = 1000 / T
+    if scale * beta_T >= 1:
+        raise ValueError(f'T = {T} is too short for the linear schedule scaled by 1000/T (β_T = {scale * beta_T:g} >= 1): '
+                         f'use T >= {math.floor(1000 * beta_T) + 1} or cosine_betas(T)')
+    return torch.linspace(scale * beta_1, scale * beta_T, T, dtype=torch.float64)
 
 def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     "Improved DDPM's cosine schedule: ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2); β_t = min(1 - ᾱ_t/ᾱ_{t-1}, max_beta)."
+    if T < 1: raise ValueError(f'T must be a positive number of steps, not {T}')
     f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
     return torch.tensor([min(1 - f(t + 1) / f(t), max_beta) for t in range(T)], dtype=torch.float64)
 
@@ -27,7 +38,10 @@ class Schedule:
     "Per-step constants of a diffusion with variances `betas` (T,), computed in float64 and stored as float32."
     def __init__(self, betas, timesteps=None):
         b = torch.as_tensor(betas, dtype=torch.float64).cpu()
-        assert b.ndim == 1 and (b > 0).all() and (b <= 1).all(), 'betas must be a 1-d tensor in (0, 1]'
+        if b.ndim != 1 or len(b) == 0 or not ((b > 0).all() and (b <= 1).all()):
+            raise ValueError('betas must be a non-empty 1-d tensor with values in (0, 1]: build it with linear_betas(T) or cosine_betas(T)')
+        if timesteps is not None and len(timesteps) != len(b):
+            raise ValueError(f'timesteps must give one network step per beta ({len(timesteps)} != {len(b)}): use respace() to build both')
         self.T = len(b)
         a = 1 - b
         ab = torch.cumprod(a, 0)
@@ -39,7 +53,7 @@ class Schedule:
         self.sqrt_alpha_bar, self.sqrt_one_minus_alpha_bar = f32(ab.sqrt()), f32((1 - ab).sqrt())
         self.beta_tilde = f32(bt)
         # log β̃_t with the t = 1 value (0) replaced by β̃_2, as the official code does, so it stays finite
-        self.log_beta_tilde = f32(torch.cat([bt[1:2], bt[1:]]).log())
+        self.log_beta_tilde = f32(torch.cat([bt[1:2], bt[1:]]).log()) if self.T > 1 else f32(b.log())
         self.log_betas = f32(b.log())
         self.posterior_mean_coef1 = f32(ab_prev.sqrt() * b / (1 - ab))   # multiplies x_0
         self.posterior_mean_coef2 = f32(a.sqrt() * (1 - ab_prev) / (1 - ab))  # multiplies x_t
@@ -93,15 +107,17 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.) -
     emb = torch.cat([args.cos(), args.sin()], -1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
-def norm(c: int) -> nn.GroupNorm: return nn.GroupNorm(math.gcd(32, c), c)
+def norm(c: int) -> nn.GroupNorm:
+    "GroupNorm with 4 channels per group (DDPM's 32 groups at its width of 128), at most 32 groups."
+    return nn.GroupNorm(math.gcd(32, max(c // 4, 1)), c)
 
 def zero_init(m: nn.Module) -> nn.Module:
     "Zero a layer's weights and bias, so a residual branch starts as the identity."
     for p in m.parameters(): nn.init.zeros_(p)
     return m
 
-class ResBlock(nn.Module):
-    "GroupNorm-SiLU-conv, add the (time + class) embedding, GroupNorm-SiLU-dropout-conv; plus a (1×1) shortcut."
+class TimestepResBlock(nn.Module):
+    "The U-Net's residual block: GroupNorm-SiLU-conv, add the (time + class) embedding, GroupNorm-SiLU-dropout-conv; plus a (1×1) shortcut."
     def __init__(self, ni: int, nf: int, emb_dim: int, dropout: float = 0.):
         super().__init__()
         self.block1 = nn.Sequential(norm(ni), nn.SiLU(), nn.Conv2d(ni, nf, 3, padding=1))
@@ -116,6 +132,7 @@ class SelfAttention(nn.Module):
     "Multi-head self-attention over the H·W positions of a feature map, as a residual branch."
     def __init__(self, c: int, heads: int = 1):
         super().__init__()
+        if c % heads: raise ValueError(f'{c} channels cannot be split into {heads} heads: choose heads dividing the width')
         self.heads, self.norm = heads, norm(c)
         self.qkv, self.proj = nn.Conv2d(c, 3 * c, 1), zero_init(nn.Conv2d(c, c, 1))
     def forward(self, x):
@@ -136,8 +153,18 @@ class Upsample(nn.Module):
 class UNet(nn.Module):
     "DDPM's U-Net at small scale: ε_θ(x_t, t[, y]) for images (B, c_in, img_size, img_size) -> (B, c_out, ...)."
     def __init__(self, c_in: int = 1, c_out: int = 1, ch: int = 64, ch_mult=(1, 2, 2), n_res: int = 2,
-                 attn_res=(8,), dropout: float = 0.1, n_classes: int | None = None, img_size: int = 32, heads: int = 1):
+                 attn_res=(14,), dropout: float = 0.1, n_classes: int | None = None, img_size: int = 28, heads: int = 1,
+                 mid_attn: bool = True):
         super().__init__()
+        ch_mult, attn_res = tuple(ch_mult), tuple(attn_res)
+        if not ch_mult: raise ValueError('ch_mult needs at least one level, e.g. (1, 2)')
+        if n_res < 1: raise ValueError(f'n_res must be at least 1 residual block per level, not {n_res}')
+        if img_size % 2 ** (len(ch_mult) - 1):
+            raise ValueError(f'img_size {img_size} cannot be halved {len(ch_mult) - 1} times (one per level after the first): '
+                             'use fewer levels in ch_mult or pad the images (e.g. 28 -> 32)')
+        sizes = [img_size // 2 ** i for i in range(len(ch_mult))]
+        if bad := [r for r in attn_res if r not in sizes]:
+            raise ValueError(f'attn_res {bad} is not a resolution of this U-Net (its levels are {sizes}): pick from those')
         self.ch, self.n_classes, emb_dim = ch, n_classes, 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # index n_classes is the "no label" token of classifier-free guidance
@@ -146,16 +173,17 @@ class UNet(nn.Module):
         self.down, chans, c, res = nn.ModuleList(), [ch], ch, img_size
         for i, m in enumerate(ch_mult):                                        # encoder: n_res blocks per level
             for _ in range(n_res):
-                self.down.append(nn.ModuleList([ResBlock(c, ch * m, emb_dim, dropout),
+                self.down.append(nn.ModuleList([TimestepResBlock(c, ch * m, emb_dim, dropout),
                                                 SelfAttention(ch * m, heads) if res in attn_res else nn.Identity()]))
                 c = ch * m; chans.append(c)
             if i < len(ch_mult) - 1:
                 self.down.append(Downsample(c)); chans.append(c); res //= 2
-        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), SelfAttention(c, heads), ResBlock(c, c, emb_dim, dropout)])
+        self.mid = nn.ModuleList([TimestepResBlock(c, c, emb_dim, dropout), SelfAttention(c, heads) if mid_attn else nn.Identity(),
+                                  TimestepResBlock(c, c, emb_dim, dropout)])
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(ch_mult))):                        # decoder: n_res + 1 blocks per level,
             for _ in range(n_res + 1):                                          # each eating one skip connection
-                self.up.append(nn.ModuleList([ResBlock(c + chans.pop(), ch * m, emb_dim, dropout),
+                self.up.append(nn.ModuleList([TimestepResBlock(c + chans.pop(), ch * m, emb_dim, dropout),
                                               SelfAttention(ch * m, heads) if res in attn_res else nn.Identity()]))
                 c = ch * m
             if i > 0: self.up.append(Upsample(c)); res *= 2
@@ -187,14 +215,20 @@ def ddpm_loss(model: nn.Module, x0: torch.Tensor, sched: Schedule, y: torch.Tens
     out = model(q_sample(x0, t, eps, sched), t, y) if y is not None else model(q_sample(x0, t, eps, sched), t)
     return F.mse_loss(out[:, :x0.shape[1]].float(), eps)
 
+def cpu_autocast(device: torch.device, enabled: bool):
+    "bfloat16 autocast on a CPU when `enabled` (a no-op elsewhere: `fit` and the samplers handle GPUs)."
+    return torch.autocast('cpu', dtype=torch.bfloat16, enabled=enabled and device.type == 'cpu')
+
 def make_diffusion_step(sched: Schedule, loss_fn=ddpm_loss, labels: bool = False, p_uncond: float = 0.,
-                        n_classes: int = 10):
+                        n_classes: int = 10, bf16: bool = False):
     "A `fit` step: batch (x_0, y) -> dict(loss=loss_fn(model, x_0, sched[, y])); labels dropped to `n_classes` w.p. `p_uncond`."
+    if not 0 <= p_uncond <= 1: raise ValueError(f'p_uncond is a probability, not {p_uncond}')
+    if p_uncond > 0 and not labels: raise ValueError('p_uncond drops labels, so it needs labels=True')
     def step(model, batch):
         x0, y = batch[0], (batch[1] if labels else None)
         if y is not None and p_uncond > 0:
             y = torch.where(torch.rand(len(y), device=y.device) < p_uncond, torch.full_like(y, n_classes), y)
-        return dict(loss=loss_fn(model, x0, sched, y))
+        with cpu_autocast(x0.device, bf16): return dict(loss=loss_fn(model, x0, sched, y))
     return step
 
 # %% ../nbs/20_ddpm.ipynb #c1e6b34d
@@ -202,6 +236,15 @@ def learned_log_variance(v: torch.Tensor, t: torch.Tensor, sched: Schedule) -> t
     "log Σ_θ = ν log β_t + (1-ν) log β̃_t with ν = (v+1)/2 (Improved DDPM eq. 15; v is the raw network output in [-1, 1])."
     nu = (v + 1) / 2
     return nu * extract(sched.log_betas, t, v.ndim) + (1 - nu) * extract(sched.log_beta_tilde, t, v.ndim)
+
+def as_eps_fn(model: nn.Module, y: torch.Tensor | None = None, bf16: bool = False, learned_var: bool = False):
+    "The samplers' `eps_fn(x, t)` for a network (label `y` if given), in bfloat16 autocast if `bf16`; float32 out, split into (ε̂, v) if `learned_var`."
+    def f(x, t):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x, t, y) if y is not None else model(x, t)
+        out = out.float()
+        return tuple(out.chunk(2, dim=1)) if learned_var else out
+    return f
 
 def _split_out(out):
     return out if isinstance(out, tuple) else (out, None)
@@ -221,31 +264,47 @@ def _progress(it, progress):
 @torch.no_grad()
 def ddpm_sample(eps_fn, shape, sched: Schedule, generator: torch.Generator | None = None, progress: bool = False,
                 x_T: torch.Tensor | None = None, var: str = 'beta', clip: bool = True, device=None,
-                trajectory: bool = False):
-    "Ancestral sampling (DDPM Algorithm 2) with `eps_fn(x, t) -> ε̂` (or `(ε̂, v)`), σ_t² = β_t (`var='beta'`) or β̃_t."
+                trajectory: bool = False, cond_fn=None):
+    "Ancestral sampling (DDPM Algorithm 2) with `eps_fn(x, t) -> ε̂` (or `(ε̂, v)`), σ_t² = β_t (`var='beta'`) or β̃_t; `cond_fn` shifts the mean by Σ·cond_fn(x, t)."
+    if var not in ('beta', 'beta_tilde'): raise ValueError(f"var must be 'beta' or 'beta_tilde', not {var!r}")
     device = _device_of(sched, generator, x_T, device)
     sched = sched.to(device)
     x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)
     traj = []
     for i in _progress(reversed(range(sched.T)), progress):
         i_b = torch.full((x.shape[0],), i, device=device, dtype=torch.long)
-        eps, v = _split_out(eps_fn(x, sched.timesteps.to(device)[i_b]))
+        t_net = sched.timesteps.to(device)[i_b]
+        eps, v = _split_out(eps_fn(x, t_net))
         eps = eps.float()
         x0 = predict_x0(x, i_b, eps, sched)
         if clip: x0 = x0.clamp(-1, 1)
         mean, _ = q_posterior(x0, x, i_b, sched)
         if v is not None: log_var = learned_log_variance(v.float(), i_b, sched)
         else: log_var = extract(sched.log_betas if var == 'beta' else sched.log_beta_tilde, i_b, x.ndim)
+        if cond_fn is not None: mean = mean + log_var.exp() * cond_fn(x, t_net).float()   # ADM Algorithm 1
         z = torch.randn(x.shape, generator=generator, device=device) if i > 0 else torch.zeros_like(x)
         x = mean + (0.5 * log_var).exp() * z
         if trajectory: traj.append(x.cpu())
     return (x, traj) if trajectory else x
 
 # %% ../nbs/20_ddpm.ipynb #b4bdd381
-def respace(sched: Schedule, steps: int) -> tuple[Schedule, torch.Tensor]:
-    "A `steps`-step diffusion with the ᾱ of `sched` at evenly spaced steps S (Improved DDPM Sec. 4); returns (schedule, S)."
-    if steps > sched.T: raise ValueError(f'cannot respace {sched.T} steps to {steps}')
-    S = torch.linspace(0, sched.T - 1, steps, dtype=torch.float64).round().long()      # includes 0 and T-1
+SPACINGS = ('even', 'ddim', 'quad')
+
+def respaced_steps(T: int, steps: int, spacing: str = 'even') -> torch.Tensor:
+    "The `steps` kept indices S (0-based, increasing) of a `T`-step diffusion: 'even' (improved-diffusion), 'ddim' (range(0, T, T//K)) or 'quad' (DDIM's quadratic)."
+    if spacing not in SPACINGS: raise ValueError(f'spacing must be one of {SPACINGS}, not {spacing!r}')
+    if not 1 <= steps <= T: raise ValueError(f'cannot respace {T} steps to {steps}: choose 1 <= steps <= {T}')
+    if spacing == 'even':
+        if steps == 1: return torch.tensor([T - 1])
+        return torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()          # includes 0 and T-1
+    if spacing == 'ddim': return torch.arange(steps) * (T // steps)
+    S = (torch.linspace(0, math.sqrt(0.8 * T), steps, dtype=torch.float64) ** 2).long()
+    if len(S.unique()) < steps: raise ValueError(f"'quad' spacing repeats steps for {steps} of {T}: use fewer steps or 'even'")
+    return S
+
+def respace(sched: Schedule, steps: int, spacing: str = 'even') -> tuple[Schedule, torch.Tensor]:
+    "A `steps`-step diffusion with the ᾱ of `sched` at the kept steps S (Improved DDPM Sec. 4); returns (schedule, S)."
+    S = respaced_steps(sched.T, steps, spacing)
     ab = sched.alpha_bar64[S]
     betas = 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
     return Schedule(betas, timesteps=sched.timesteps[S]), sched.timesteps[S]
@@ -253,21 +312,84 @@ def respace(sched: Schedule, steps: int) -> tuple[Schedule, torch.Tensor]:
 @torch.no_grad()
 def ddim_sample(eps_fn, shape, sched: Schedule, steps: int = 50, eta: float = 0., generator: torch.Generator | None = None,
                 progress: bool = False, x_T: torch.Tensor | None = None, clip: bool = True, device=None,
-                trajectory: bool = False):
-    "DDIM sampling (Song et al. 2020, eq. 12) on `steps` evenly spaced steps of `sched`; η = 0 is deterministic."
+                trajectory: bool = False, spacing: str = 'even', cond_fn=None):
+    """DDIM sampling (Song et al. 2020, eq. 12) on `steps` respaced steps of `sched`; η = 0 is deterministic. `cond_fn(x, t)`
+    (classifier guidance) is applied as guided-diffusion does: ε re-derived from the clipped x̂_0, minus √(1-ᾱ_t)·cond_fn."""
+    if eta < 0: raise ValueError(f'eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), not {eta}')
     device = _device_of(sched, generator, x_T, device)
-    if steps < sched.T: sched = respace(sched, steps)[0]
+    if steps != sched.T or spacing != 'even': sched = respace(sched, steps, spacing)[0]
     sched = sched.to(device)
     x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)
     traj = []
     for i in _progress(reversed(range(sched.T)), progress):
         i_b = torch.full((x.shape[0],), i, device=device, dtype=torch.long)
-        eps = _split_out(eps_fn(x, sched.timesteps.to(device)[i_b]))[0].float()
+        t_net = sched.timesteps.to(device)[i_b]
+        eps = _split_out(eps_fn(x, t_net))[0].float()
         x0 = predict_x0(x, i_b, eps, sched)
         if clip: x0 = x0.clamp(-1, 1); eps = predict_eps(x, i_b, x0, sched)
+        if cond_fn is not None:                                    # guided-diffusion's condition_score (ADM Algorithm 2)
+            eps = eps - extract(sched.sqrt_one_minus_alpha_bar, i_b, x.ndim) * cond_fn(x, t_net).float()
+            x0 = predict_x0(x, i_b, eps, sched)
         ab, ab_prev = sched.alpha_bar[i], sched.alpha_bar_prev[i]
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
         x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
         if i > 0 and eta > 0: x = x + sigma * torch.randn(x.shape, generator=generator, device=device)
         if trajectory: traj.append(x.cpu())
     return (x, traj) if trajectory else x
+
+# %% ../nbs/20_ddpm.ipynb #c17b6ae9
+CHAPTER_RECIPES = {
+    'smoke': dict(img_size=28, ch=8, ch_mult=(1,), n_res=1, attn_res=(), mid_attn=False, dropout=0., schedule='cosine',
+                  T=1000, n_train=64, bs=16, epochs=1, lr=2e-3, ema=0.995, grad_clip=1., bf16=False),
+    'cpu': dict(img_size=28, ch=32, ch_mult=(1, 2, 2), n_res=1, attn_res=(), mid_attn=False, dropout=0., schedule='cosine',
+                T=1000, n_train=48_000, bs=64, epochs=1, lr=2e-3, ema=0.995, grad_clip=1., bf16=True),
+    'full': dict(img_size=28, ch=64, ch_mult=(1, 2, 2), n_res=2, attn_res=(14,), mid_attn=True, dropout=0.1, schedule='cosine',
+                 T=1000, n_train=None, bs=256, epochs=8, lr=2e-3, ema=0.999, grad_clip=1., bf16=True),
+}
+_ARCH = ('img_size', 'ch', 'ch_mult', 'n_res', 'attn_res', 'mid_attn', 'dropout')
+
+def make_schedule(recipe: dict) -> Schedule:
+    "The recipe's noise schedule: `schedule` ('linear' or 'cosine') over `T` steps."
+    betas = {'linear': linear_betas, 'cosine': cosine_betas}
+    if recipe['schedule'] not in betas: raise ValueError(f"schedule must be 'linear' or 'cosine', not {recipe['schedule']!r}")
+    return Schedule(betas[recipe['schedule']](recipe['T']))
+
+def make_unet(recipe: dict, c_in: int = 1, c_out: int = 1, n_classes: int | None = None) -> UNet:
+    "The recipe's U-Net (untrained)."
+    return UNet(c_in=c_in, c_out=c_out, n_classes=n_classes, **{k: recipe[k] for k in _ARCH})
+
+def fit_cached(name: str, key: dict, model: nn.Module, step, recipe: dict, seed: int = 0, compile: bool = False,
+               log: bool = True) -> dict:
+    """Train `model` with `fit` and `step` on the Fashion-MNIST training images as `recipe` says (n_train, bs, epochs, lr,
+    EMA, grad_clip, img_size), keeping the EMA weights — or load them from the checkpoint cache entry (`name`, `key`)."""
+    device = next(model.parameters()).device
+    def train(m):
+        set_seed(seed)
+        data = fashion_mnist('train', n=recipe['n_train'], device=device, scale='symmetric', pad=(recipe['img_size'] - 28) // 2)
+        ema = EMA(m, recipe['ema'])
+        hist = fit(m, data.batches(recipe['bs'], shuffle=True), epochs=recipe['epochs'], lr=recipe['lr'], wd=0., step=step,
+                   ema=ema, grad_clip=recipe['grad_clip'], bf16=recipe['bf16'], compile=compile, log=log)
+        m.load_state_dict(ema.module.state_dict())                          # keep the EMA weights
+        return dict(train_s=hist.train_s, device=device_name(device), losses=hist.losses, steps=len(hist.losses),
+                    n_params=sum(p.numel() for p in m.parameters()))
+    return cached(name, dict(key, recipe=recipe, seed=seed, data='fmnist-train'), model, train)
+
+def chapter_unet(recipe: dict, loss: str = 'L_simple', loss_fn=ddpm_loss, c_out: int = 1, n_classes: int | None = None,
+                 p_uncond: float = 0., seed: int = 0, device=None, compile: bool = False, log: bool = True) -> tuple[UNet, dict]:
+    """The chapter's U-Net trained on Fashion-MNIST with `recipe` and `loss_fn` (named `loss` in the cache key): EMA weights,
+    eval mode, from the checkpoint cache or trained once with `fit` and cached. Returns (model, meta with train_s, losses, …)."""
+    if loss == 'L_simple' and loss_fn is not ddpm_loss: raise ValueError('a custom loss_fn needs its own name: pass loss=...')
+    device = torch.device(device) if device is not None else torch.device('cpu')
+    model = make_unet(recipe, c_out=c_out, n_classes=n_classes).to(device)
+    step = make_diffusion_step(make_schedule(recipe), loss_fn, labels=n_classes is not None, p_uncond=p_uncond, bf16=recipe['bf16'])
+    name = 'unet-' + re.sub(r'[^a-z0-9]+', '-', loss.lower()).strip('-') + ('-cond' if n_classes is not None else '')
+    key = dict(loss=loss, c_out=c_out, n_classes=n_classes, p_uncond=p_uncond)
+    meta = fit_cached(name, key, model, step, recipe, seed=seed, compile=compile, log=log)
+    return model.eval().requires_grad_(False), meta
+
+@torch.no_grad()
+def sample_many(sampler, n: int, bs: int, shape: tuple, seed: int = 0, device=None) -> torch.Tensor:
+    "`n` samples from `sampler(shape, generator) -> images` in batches of `bs`, with one seeded generator: (n, *shape)."
+    device = torch.device(device) if device is not None else torch.device('cpu')
+    g = torch.Generator(device).manual_seed(seed)
+    return torch.cat([sampler((min(bs, n - i), *shape), g) for i in range(0, n, bs)])

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from .mixer import PatchEmbed, MLP
+from .mixer import PatchEmbed, MLP, _check_positive
 
 # %% auto #0
 __all__ = ['FFOnlyBlock', 'FFOnly', 'ffonly_tiny', 'ffonly_base', 'ffonly_large', 'ffonly_fmnist', 'ffonly_param_count',
@@ -17,6 +17,8 @@ class FFOnlyBlock(nn.Module):
     "ViT block with attention replaced by an MLP over the tokens: X += FF_C(LN_C(X)); Xᵀ += FF_T(LN_T(Xᵀ))."
     def __init__(self, dim: int, num_tokens: int, mlp_ratio: float = 4., drop: float = 0.):
         super().__init__()
+        _check_positive(dim=dim, num_tokens=num_tokens)
+        if not mlp_ratio > 0: raise ValueError(f'mlp_ratio is the hidden width over the input width: use > 0 (the paper: 4), not {mlp_ratio}')
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp_channels = MLP(dim, int(mlp_ratio * dim), drop=drop)                 # C -> 4C -> C
         self.norm2 = nn.LayerNorm(num_tokens, eps=1e-6)                               # over the T tokens
@@ -33,6 +35,7 @@ class FFOnly(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  dim: int = 768, depth: int = 12, mlp_ratio: float = 4., drop: float = 0.):
         super().__init__()
+        _check_positive(num_classes=num_classes, depth=depth)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
         T = self.patch_embed.num_patches + 1                                  # patches + class token
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -46,6 +49,9 @@ class FFOnly(nn.Module):
     def _init(m):
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=.02); nn.init.zeros_(m.bias)
+    def no_weight_decay(self) -> set[str]:
+        "Parameters that get no weight decay (as in DeiT/timm): the learned embeddings."
+        return {'pos_embed', 'cls_token'}
     def features(self, x):                                                # (B, c, H, W)
         x = self.patch_embed(x)                                           # (B, N, C)
         cls = repeat(self.cls_token, '1 1 c -> b 1 c', b=x.shape[0])      # (B, 1, C)

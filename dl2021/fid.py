@@ -2,17 +2,16 @@
 
 # %% ../nbs/06_fid.ipynb #d5a98d2d
 from __future__ import annotations
+import hashlib, os
 from pathlib import Path
 import torch
-from .core import get_device, set_seed
-from .data import fashion_mnist, Augment
-from .train import fit, supervised_step, save_checkpoint, load_checkpoint
-from .resnet import ResNet
-from .results import repo_root
+from torch import nn
+import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['FULL_CKPT', 'sqrtm_psd', 'gaussian_stats', 'frechet_distance', 'fid_from_feats', 'train_extractor', 'get_extractor',
-           'features', 'fid']
+__all__ = ['FID_WEIGHTS', 'FID_WEIGHTS_SHA256', 'FID_EXTRACTOR_ID', 'sqrtm_psd', 'gaussian_stats', 'frechet_distance',
+           'fid_from_feats', 'FIDNet', 'weights_path', 'sha256_file', 'get_extractor', 'pad_to_32', 'features',
+           'classify', 'fid', 'fid_with_floor', 'train_extractor']
 
 # %% ../nbs/06_fid.ipynb #5a97ba08
 def sqrtm_psd(A: torch.Tensor) -> torch.Tensor:
@@ -22,11 +21,12 @@ def sqrtm_psd(A: torch.Tensor) -> torch.Tensor:
 
 def gaussian_stats(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Mean (D,) and unbiased covariance (D, D) of features `f` (N, D), in float64."
+    if f.ndim != 2 or len(f) < 2: raise ValueError(f'features must be (N, D) with N >= 2, not {tuple(f.shape)}')
     f = f.double()
     return f.mean(0), torch.cov(f.T)
 
 def frechet_distance(mu1, s1, mu2, s2) -> float:
-    "‖μ1 - μ2‖² + tr(Σ1 + Σ2 - 2 (Σ1^½ Σ2 Σ1^½)^½)."
+    "Squared norm of mu1 - mu2, plus tr(s1 + s2 - 2 sqrt(sqrt(s1) s2 sqrt(s1))): the Fréchet distance of two Gaussians."
     r1 = sqrtm_psd(s1)
     return float((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * sqrtm_psd(r1 @ s2 @ r1).trace())
 
@@ -35,42 +35,109 @@ def fid_from_feats(f1: torch.Tensor, f2: torch.Tensor) -> float:
     return frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2))
 
 # %% ../nbs/06_fid.ipynb #b3812476
-FULL_CKPT = 'checkpoints/fid_resnet_fmnist32.pt'
+def _conv_bn(ni: int, nf: int, ks: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(ni, nf, ks, stride, ks // 2, bias=False), nn.BatchNorm2d(nf))
 
-def train_extractor(preset: str = 'full', device=None, seed: int = 0, log: bool = True) -> ResNet:
-    "Train the course ResNet on padded 32×32 Fashion-MNIST in [-1, 1] (full: 15 epochs; smoke: tiny net, 512 images)."
-    device = device or get_device()
-    set_seed(seed)
-    full = preset == 'full'
-    train = fashion_mnist('train', device=device, n=None if full else 512, scale='symmetric', pad=2)
-    test = fashion_mnist('test', device=device, n=None if full else 256, scale='symmetric', pad=2)
-    model = ResNet(widths=(32, 64, 128, 256) if full else (8, 16)).to(device)
-    fit(model, train.batches(512 if full else 64, shuffle=True, tfm=Augment(translate=2, flip=True)),
-        epochs=15 if full else 1, lr=5e-3, wd=0.05, valid=test.batches(1024), step=supervised_step, log=log,
-        compile=full and device.type == 'cuda', channels_last=device.type == 'cuda')
-    return model.eval()
+class _FIDBlock(nn.Module):
+    "y = ReLU(shortcut(x) + BN(conv(ReLU(BN(conv(x))))))."
+    def __init__(self, ni: int, nf: int, stride: int):
+        super().__init__()
+        self.f = nn.Sequential(_conv_bn(ni, nf, 3, stride), nn.ReLU(inplace=True), _conv_bn(nf, nf, 3))
+        self.shortcut = nn.Identity() if ni == nf and stride == 1 else _conv_bn(ni, nf, 1, stride)
+    def forward(self, x): return F.relu(self.shortcut(x) + self.f(x))
 
-def get_extractor(preset: str = 'full', device=None, path=None, retrain: bool = False) -> ResNet:
-    "The FID feature extractor: in the full preset loaded from (or trained and saved to) `checkpoints/`; smoke: a tiny one."
-    device = torch.device(device) if device is not None else get_device()
-    if preset != 'full': return train_extractor('smoke', device, log=False)
-    path = Path(path) if path is not None else repo_root() / FULL_CKPT
-    model = ResNet().to(device)
-    if path.exists() and not retrain:
-        load_checkpoint(path, model)
-        return model.eval()
-    model = train_extractor('full', device)
-    save_checkpoint(path, model, note='FID feature extractor: ResNet on 32x32 FMNIST in [-1, 1]')
-    return model.eval()
+class FIDNet(nn.Module):
+    "The course's FID feature extractor: a narrow ResNet for (B, 1, 32, 32) images in [-1, 1]; `features` -> (B, 128)."
+    widths = (16, 32, 64, 128)
+    def __init__(self, n_classes: int = 10):
+        super().__init__()
+        w = self.widths
+        self.stem = nn.Sequential(_conv_bn(1, w[0]), nn.ReLU(inplace=True))
+        self.stages = nn.Sequential(*[_FIDBlock(a, b, 1 if i == 0 else 2) for i, (a, b) in enumerate(zip(w[:1] + w[:-1], w))])
+        self.head = nn.Linear(w[-1], n_classes)
+    def features(self, x):                                       # (B, 1, 32, 32) -> (B, 128)
+        return self.stages(self.stem(x)).mean((2, 3))
+    def forward(self, x): return self.head(self.features(x))    # (B, n_classes)
+
+# %% ../nbs/06_fid.ipynb #add1c2cb
+FID_WEIGHTS = 'fid_fmnist_v1.pt'
+FID_WEIGHTS_SHA256 = 'd15d90cf0bd3c068f3cc1fe204b2a5163ee0efd8a51e8dc6048f785a8c15b0da'
+FID_EXTRACTOR_ID = f'{FID_WEIGHTS[:-3]}-{FID_WEIGHTS_SHA256[:12]}'
+
+def weights_path() -> Path:
+    "Where the package keeps the extractor's weights (`dl2021/assets/`)."
+    import dl2021
+    return Path(dl2021.__file__).resolve().parent / 'assets' / FID_WEIGHTS
+
+def sha256_file(path) -> str:
+    "Hex SHA-256 of a file's bytes."
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+def get_extractor(device=None, path=None, sha256: str | None = FID_WEIGHTS_SHA256) -> FIDNet:
+    "The course's FID extractor in eval mode (float32) on `device`, loaded from `path` (default: the package's weights) after checking its SHA-256."
+    path = Path(path) if path is not None else weights_path()
+    if not path.exists():
+        raise FileNotFoundError(f'{path.name} is missing from {path.parent.name}/: reinstall dl2021 (the wheel carries it) '
+                                'or restore it with `git checkout dl2021/assets`')
+    got = sha256_file(path)
+    if sha256 is not None and got != sha256:
+        raise ValueError(f'{path.name} has SHA-256 {got[:12]}…, but dl2021.fid expects {sha256[:12]}…: the weights changed, and '
+                         'FIDs from different extractors are not comparable. Restore the file (`git checkout dl2021/assets`), '
+                         'or, if you retrained it on purpose, set FID_WEIGHTS_SHA256 in nbs/06_fid.ipynb to the new hash.')
+    model = FIDNet()
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.to(device if device is not None else 'cpu').eval()
+
+def pad_to_32(x: torch.Tensor) -> torch.Tensor:
+    "Fashion-MNIST's 28×28 padded to 32×32 with the background value -1 (32×32 passes through)."
+    if x.shape[-2:] == (32, 32): return x
+    if x.shape[-2:] == (28, 28): return F.pad(x, (2, 2, 2, 2), value=-1.)
+    raise ValueError(f'the FID extractor takes 28×28 or 32×32 images, not {tuple(x.shape[-2:])}: resize or crop them first')
 
 @torch.no_grad()
-def features(extractor: ResNet, x: torch.Tensor, bs: int = 1024) -> torch.Tensor:
-    "Penultimate features (N, D) of images `x` (N, 1, 32, 32) in [-1, 1] (clamped), on the extractor's device, as float32 on the CPU."
+def features(extractor: FIDNet, x: torch.Tensor, bs: int = 1000) -> torch.Tensor:
+    "Features (N, 128) of images `x` (N, 1, 28|32, 28|32) in [-1, 1] (clamped), computed on the extractor's device, returned as float32 on the CPU."
     dev = next(extractor.parameters()).device
     extractor.eval()
-    return torch.cat([extractor.features(x[i:i + bs].to(dev).float().clamp(-1, 1)).float().cpu()
+    return torch.cat([extractor.features(pad_to_32(x[i:i + bs].to(dev).float().clamp(-1, 1))).float().cpu()
                       for i in range(0, len(x), bs)])
 
-def fid(samples: torch.Tensor, reference: torch.Tensor, extractor: ResNet, bs: int = 1024) -> float:
-    "FID between image sets `samples` and `reference` (N, 1, 32, 32) in [-1, 1], with `extractor`'s features."
+@torch.no_grad()
+def classify(extractor: FIDNet, x: torch.Tensor, bs: int = 1000) -> torch.Tensor:
+    "The extractor's predicted class (N,) for images `x` (N, 1, 28|32, 28|32) in [-1, 1], on the CPU."
+    dev = next(extractor.parameters()).device
+    extractor.eval()
+    return torch.cat([extractor(pad_to_32(x[i:i + bs].to(dev).float().clamp(-1, 1))).argmax(-1).cpu() for i in range(0, len(x), bs)])
+
+def fid(samples: torch.Tensor, reference: torch.Tensor, extractor: FIDNet, bs: int = 1000) -> float:
+    "FID between image sets `samples` and `reference` (N, 1, H, W) in [-1, 1], with `extractor`'s features."
     return fid_from_feats(features(extractor, samples, bs), features(extractor, reference, bs))
+
+def fid_with_floor(f_gen: torch.Tensor, f_ref: torch.Tensor, f_real: torch.Tensor) -> tuple[float, float]:
+    """FID of generated features `f_gen` against `f_ref`, and the real-vs-real floor at the same sample size: the FID
+    of as many real features (`f_real`, images disjoint from the reference set) against the same `f_ref`."""
+    if len(f_real) < len(f_gen):
+        raise ValueError(f'the floor needs as many real features as generated ones ({len(f_real)} < {len(f_gen)}): pass more real images')
+    return fid_from_feats(f_gen, f_ref), fid_from_feats(f_real[:len(f_gen)], f_ref)
+
+# %% ../nbs/06_fid.ipynb #056e2dff
+def train_extractor(path, epochs: int = 6, n: int | None = None, bs: int = 256, lr: float = 5e-3, seed: int = 0,
+                    log: bool = True) -> tuple[FIDNet, str]:
+    "Train `FIDNet` deterministically on the CPU (one thread) and save it in float16 to `path`; returns (model, SHA-256 of the file)."
+    from dl2021.core import set_seed
+    from dl2021.data import fashion_mnist, Augment
+    from dl2021.train import fit
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        set_seed(seed)
+        train = fashion_mnist('train', device='cpu', n=n, scale='symmetric', pad=2)
+        test = fashion_mnist('test', device='cpu', n=n, scale='symmetric', pad=2)
+        model = FIDNet()
+        fit(model, train.batches(bs, shuffle=True, tfm=Augment(translate=2, flip=True)), epochs=epochs, lr=lr, wd=0.05,
+            valid=test.batches(1000), log=log, progress=False)
+    finally: torch.set_num_threads(threads)
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
+    return model.eval(), sha256_file(path)

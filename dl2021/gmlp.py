@@ -6,17 +6,21 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from einops import rearrange
-from .mixer import PatchEmbed
+from .mixer import PatchEmbed, _check_positive
 
 # %% auto #0
-__all__ = ['SpatialGatingUnit', 'GMLPBlock', 'GMLP', 'gmlp_ti', 'gmlp_fmnist', 'gmlp_param_count']
+__all__ = ['LN_EPS', 'SpatialGatingUnit', 'GMLPBlock', 'GMLP', 'gmlp_ti', 'gmlp_fmnist', 'gmlp_param_count']
 
 # %% ../nbs/12_gmlp.ipynb #90ce675d
 class SpatialGatingUnit(nn.Module):
     "s(Z) = Z1 ⊙ (W · LayerNorm(Z2) + b) with W (S×S) across tokens; W ≈ 0 and b = `gate_bias` at init."
     def __init__(self, dim: int, num_patches: int, gate_bias: float = 1., gate_init_std: float = 1e-6):
         super().__init__()
-        self.norm = nn.LayerNorm(dim // 2)
+        _check_positive(dim=dim, num_patches=num_patches)
+        if dim % 2: raise ValueError(f'the SGU splits its {dim} channels into two halves Z1, Z2: use an even dim '
+                                     f'(in a gMLP block, an even ffn_dim), e.g. {dim + 1}')
+        if gate_init_std < 0: raise ValueError(f'gate_init_std is a standard deviation: use >= 0, not {gate_init_std}')
+        self.norm = nn.LayerNorm(dim // 2)                              # eps 1e-5, as timm
         self.proj = nn.Linear(num_patches, num_patches)                 # W, b: S -> S
         nn.init.normal_(self.proj.weight, std=gate_init_std)
         nn.init.constant_(self.proj.bias, gate_bias)
@@ -28,11 +32,14 @@ class SpatialGatingUnit(nn.Module):
         return z1 * self.gate(z2)                                       # (B, S, d/2)
 
 # %% ../nbs/12_gmlp.ipynb #8389d061
+LN_EPS = 1e-6   # the block's and the final LayerNorm (timm's gMLP); the SGU's keeps PyTorch's 1e-5
+
 class GMLPBlock(nn.Module):
     "gMLP block: Y = X + V · SGU(GELU(U · LayerNorm(X)))."
     def __init__(self, dim: int, ffn_dim: int, num_patches: int, gate_bias: float = 1., gate_init_std: float = 1e-6):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        _check_positive(dim=dim, ffn_dim=ffn_dim)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.proj_in = nn.Linear(dim, ffn_dim)                          # U: C -> d_ffn
         self.sgu = SpatialGatingUnit(ffn_dim, num_patches, gate_bias, gate_init_std)
         self.proj_out = nn.Linear(ffn_dim // 2, dim)                    # V: d_ffn/2 -> C
@@ -45,10 +52,11 @@ class GMLP(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  dim: int = 128, depth: int = 30, ffn_dim: int = 768, gate_bias: float = 1., gate_init_std: float = 1e-6):
         super().__init__()
+        _check_positive(num_classes=num_classes, depth=depth)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
         S = self.patch_embed.num_patches
         self.blocks = nn.Sequential(*[GMLPBlock(dim, ffn_dim, S, gate_bias, gate_init_std) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.head = nn.Linear(dim, num_classes)
     def features(self, x):                                              # (B, c, H, W)
         return self.norm(self.blocks(self.patch_embed(x))).mean(1)      # (B, C)

@@ -6,26 +6,33 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .diffusion import Schedule, ResBlock, SelfAttention, Downsample, timestep_embedding, norm
+from .diffusion import Schedule, TimestepResBlock, SelfAttention, Downsample, timestep_embedding, norm
 from .diffusion import q_sample, extract, ddim_sample
 
 # %% auto #0
-__all__ = ['NoisyClassifier', 'classifier_loss', 'make_classifier_step', 'log_prob_grad', 'classifier_guided_eps', 'cfg_eps',
-           'within_class_diversity', 'guided_samples']
+__all__ = ['NoisyClassifier', 'classifier_loss', 'make_classifier_step', 'log_prob_grad', 'classifier_cond_fn',
+           'classifier_guided_eps', 'cfg_eps', 'within_class_diversity', 'guided_samples']
 
 # %% ../nbs/22_guidance.ipynb #d5e4c369
 class NoisyClassifier(nn.Module):
     "p_φ(y | x_t, t): the U-Net's downsampling half (with timestep embedding), pooled to `n_classes` logits."
     def __init__(self, c_in: int = 1, n_classes: int = 10, ch: int = 32, ch_mult=(1, 2, 2), n_res: int = 1,
-                 attn_res=(8,), dropout: float = 0., img_size: int = 32):
+                 attn_res=(), dropout: float = 0., img_size: int = 28):
         super().__init__()
+        ch_mult, attn_res = tuple(ch_mult), tuple(attn_res)
+        if not ch_mult or n_res < 1: raise ValueError('the classifier needs at least one level (ch_mult) and n_res >= 1')
+        if img_size % 2 ** (len(ch_mult) - 1):
+            raise ValueError(f'img_size {img_size} cannot be halved {len(ch_mult) - 1} times: use fewer levels in ch_mult')
+        sizes = [img_size // 2 ** i for i in range(len(ch_mult))]
+        if bad := [r for r in attn_res if r not in sizes]:
+            raise ValueError(f'attn_res {bad} is not a resolution of this classifier (its levels are {sizes}): pick from those')
         self.ch, emb_dim = ch, 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.stem = nn.Conv2d(c_in, ch, 3, padding=1)
         self.blocks, c, res = nn.ModuleList(), ch, img_size
         for i, m in enumerate(ch_mult):
             for _ in range(n_res):
-                self.blocks.append(nn.ModuleList([ResBlock(c, ch * m, emb_dim, dropout),
+                self.blocks.append(nn.ModuleList([TimestepResBlock(c, ch * m, emb_dim, dropout),
                                                   SelfAttention(ch * m) if res in attn_res else nn.Identity()]))
                 c = ch * m
             if i < len(ch_mult) - 1: self.blocks.append(Downsample(c)); res //= 2
@@ -46,11 +53,12 @@ def classifier_loss(clf: nn.Module, x0: torch.Tensor, y: torch.Tensor, sched: Sc
     logits = clf(xt, t).float()                                # (B, n_classes)
     return F.cross_entropy(logits, y), logits
 
-def make_classifier_step(sched: Schedule):
-    "A `fit` step for the noise-aware classifier: batch (x0, y) -> dict(loss, correct, n)."
+def make_classifier_step(sched: Schedule, bf16: bool = False):
+    "A `fit` step for the noise-aware classifier: batch (x0, y) -> dict(loss, correct, n); bfloat16 on a CPU if `bf16`."
     def step(clf, batch):
         x0, y = batch[0], batch[1]
-        loss, logits = classifier_loss(clf, x0, y, sched)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16 and x0.device.type == 'cpu'):
+            loss, logits = classifier_loss(clf, x0, y, sched)
         return dict(loss=loss, correct=(logits.argmax(-1) == y).sum(), n=len(y))
     return step
 
@@ -64,8 +72,12 @@ def log_prob_grad(clf: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Ten
         return torch.autograd.grad(sel.sum(), x)[0]
 
 # %% ../nbs/22_guidance.ipynb #d6007c3e
+def classifier_cond_fn(clf: nn.Module, y: torch.Tensor, scale: float = 1.):
+    "The samplers' `cond_fn(x, t) = s ∇_x log p_φ(y | x, t)` (guided-diffusion's cond_fn; ADM Algorithms 1 and 2)."
+    return lambda x, t: scale * log_prob_grad(clf, x, t, y)
+
 def classifier_guided_eps(eps_fn, clf: nn.Module, y: torch.Tensor, sched: Schedule, scale: float = 1.):
-    "ε̂(x, t) = ε(x, t) - s √(1-ᾱ_t) ∇_x log p_φ(y | x, t)  (ADM Algorithm 2); `sched` is the un-respaced schedule."
+    "ε̂(x, t) = ε(x, t) - s √(1-ᾱ_t) ∇_x log p_φ(y | x, t) on the raw ε (Algorithm 2's formula); `sched` is the un-respaced schedule."
     def guided(x, t):
         eps = eps_fn(x, t).float()
         if scale == 0: return eps
@@ -77,6 +89,7 @@ def classifier_guided_eps(eps_fn, clf: nn.Module, y: torch.Tensor, sched: Schedu
 def cfg_eps(model: nn.Module, y: torch.Tensor, w: float = 1., null: int | None = None):
     "ε̃(x, t) = (1+w) ε(x, t, y) - w ε(x, t, ∅)  (Ho & Salimans 2022); ∅ is label `null` (default model.n_classes)."
     null = model.n_classes if null is None else null
+    if null is None: raise ValueError('classifier-free guidance needs a class-conditional model (n_classes) or an explicit null label')
     def guided(x, t):
         if w == 0: return model(x, t, y).float()
         e = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null)])).float()
@@ -93,18 +106,21 @@ def within_class_diversity(feats: torch.Tensor, y: torch.Tensor) -> float:
         if len(f) < 2: continue
         d = torch.cdist(f, f)                                  # (n, n), zero diagonal
         ds.append(d.sum() / (len(f) * (len(f) - 1)))
+    if not ds: raise ValueError('diversity needs at least two items of one class: pass more samples')
     return float(torch.stack(ds).mean())
 
-# %% ../nbs/22_guidance.ipynb #8e7f9897
+# %% ../nbs/22_guidance.ipynb #98cd5aba
 @torch.no_grad()
-def guided_samples(eps_fn, n: int, sampler_kw: dict, sched: Schedule, seed: int = 0, bs: int = 1000, device=None):
-    "Draw `n` samples (n, 1, 32, 32) with DDIM from `eps_fn(x, t, y)` for labels cycling over 0..9; returns (x, y)."
-    device = device or sched.device
+def guided_samples(eps_fn, n: int, sched: Schedule, steps: int = 50, cond_fn=None, seed: int = 0, bs: int = 1000,
+                   device=None, img_size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    "Draw `n` DDIM samples (n, 1, img_size, img_size) from `eps_fn(x, t, y)` (+ `cond_fn(x, t, y)`) for labels cycling over 0..9; returns (x, y)."
+    device = torch.device(device) if device is not None else sched.device
     g = torch.Generator(device).manual_seed(seed)
     xs, ys = [], []
     for i in range(0, n, bs):
         y = torch.arange(i, min(i + bs, n), device=device) % 10
-        x_T = torch.randn(len(y), 1, 32, 32, generator=g, device=device)
-        xs.append(ddim_sample(lambda x, t: eps_fn(x, t, y), x_T.shape, sched, x_T=x_T, **sampler_kw))
+        x_T = torch.randn(len(y), 1, img_size, img_size, generator=g, device=device)
+        cf = (lambda x, t, y=y: cond_fn(x, t, y)) if cond_fn is not None else None
+        xs.append(ddim_sample(lambda x, t, y=y: eps_fn(x, t, y), x_T.shape, sched, steps=steps, x_T=x_T, cond_fn=cf))
         ys.append(y)
     return torch.cat(xs).clamp(-1, 1), torch.cat(ys)

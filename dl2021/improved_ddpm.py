@@ -3,20 +3,23 @@
 # %% ../nbs/21_improved_ddpm.ipynb #b6de0c24
 from __future__ import annotations
 import math
+from functools import partial
 import torch
 import torch.nn.functional as F
 from .diffusion import (Schedule, extract, q_sample, q_posterior, predict_x0, learned_log_variance)
 
 # %% auto #0
 __all__ = ['normal_kl', 'std_normal_cdf', 'discretized_gaussian_log_likelihood', 'mean_flat', 'p_mean_logvar', 'vb_terms',
-           'hybrid_loss', 'eps_var_fn', 'nll_bpd']
+           'hybrid_loss', 'nll_bpd']
 
 # %% ../nbs/21_improved_ddpm.ipynb #3d64c7fa
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     "KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)), elementwise, in nats."
     return 0.5 * (-1. + logvar2 - logvar1 + (logvar1 - logvar2).exp() + (mean1 - mean2) ** 2 * (-logvar2).exp())
 
-def std_normal_cdf(x: torch.Tensor) -> torch.Tensor: return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+def std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    "The exact standard normal CDF, 0.5 (1 + erf(x/√2)) (the official code uses a tanh approximation)."
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
 
 def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     "log P(bin of x) under N(mean, e^{2 log_scale}) for 8-bit data x in [-1, 1] (bin width 2/255; edge bins open), elementwise."
@@ -34,6 +37,7 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor: return x.flatten(1).mean(1)
 def p_mean_logvar(eps: torch.Tensor, v: torch.Tensor | None, xt: torch.Tensor, t: torch.Tensor, sched: Schedule,
                   clip: bool = False, fixed: str = 'beta'):
     "Mean and log-variance of p_θ(x_{t-1} | x_t): mean from ε̂ via x̂_0; variance learned from v, or fixed (β_t with β̃_2 at t=1, or β̃_t)."
+    if fixed not in ('beta', 'beta_tilde'): raise ValueError(f"fixed must be 'beta' or 'beta_tilde', not {fixed!r}")
     x0 = predict_x0(xt, t, eps, sched)
     if clip: x0 = x0.clamp(-1, 1)
     mean, _ = q_posterior(x0, xt, t, sched)
@@ -59,34 +63,30 @@ def hybrid_loss(model, x0: torch.Tensor, sched: Schedule, y: torch.Tensor | None
     eps = torch.randn_like(x0)
     xt = q_sample(x0, t, eps, sched)
     out = (model(xt, t, y) if y is not None else model(xt, t)).float()
+    if out.shape[1] != 2 * x0.shape[1]:
+        raise ValueError(f'the hybrid loss needs (ε, v): a model with c_out = {2 * x0.shape[1]}, not {out.shape[1]} channels')
     eps_hat, v = out.chunk(2, dim=1)                                       # (B, C, H, W) each
     l_simple = F.mse_loss(eps_hat, eps)
     l_vlb = vb_terms(eps_hat.detach(), v, x0, xt, t, sched).mean()         # only Σ_θ gets gradients from L_vlb
     return l_simple + lam * sched.T * l_vlb
 
-def eps_var_fn(model, y: torch.Tensor | None = None, bf16: bool = False):
-    "Wrap a learned-variance model as eps_fn(x, t) -> (ε̂, v) for `dl2021.diffusion`'s samplers."
-    def f(x, t):
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
-            out = model(x, t, y) if y is not None else model(x, t)
-        return tuple(out.float().chunk(2, dim=1))
-    return f
-
 # %% ../nbs/21_improved_ddpm.ipynb #05a6e6ae
 @torch.no_grad()
-def nll_bpd(eps_fn, x0: torch.Tensor, sched: Schedule, fixed: str = 'beta', generator=None) -> torch.Tensor:
-    "The variational bound L_vlb per image (B,) in bits/dim; `eps_fn(x, t)` returns ε̂ or (ε̂, v)."
+def nll_bpd(eps_fn, x0: torch.Tensor, sched: Schedule, fixed: str = 'beta', generator=None, stride: int = 1) -> torch.Tensor:
+    "The variational bound L_vlb per image (B,) in bits/dim; `eps_fn(x, t)` returns ε̂ or (ε̂, v); `stride` > 1: stratified estimate."
+    if stride < 1: raise ValueError(f'stride must be >= 1 (1 = every term), not {stride}')
     sched = sched.to(x0.device)
-    B = len(x0)
-    tT = torch.full((B,), sched.T - 1, device=x0.device)
+    B, dev = len(x0), x0.device
+    tT = torch.full((B,), sched.T - 1, device=dev)
     prior = mean_flat(normal_kl(extract(sched.sqrt_alpha_bar, tT) * x0, extract(sched.sqrt_one_minus_alpha_bar, tT).pow(2).log(),
                                 torch.zeros_like(x0), torch.zeros_like(x0))) / math.log(2.)
     total = prior
-    for i in range(sched.T):
-        t = torch.full((B,), i, device=x0.device, dtype=torch.long)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+    blocks = [(0, 1)] + [(a, min(a + stride, sched.T)) for a in range(1, sched.T, stride)]
+    for a, b in blocks:                                                   # L_0 alone, then blocks of `stride` steps
+        t = a + torch.randint(0, b - a, (B,), generator=generator, device=dev)
+        eps = torch.randn(x0.shape, generator=generator, device=dev)
         xt = q_sample(x0, t, eps, sched)
-        out = eps_fn(xt, sched.timesteps.to(x0.device)[t])
+        out = eps_fn(xt, sched.timesteps.to(dev)[t])
         e, v = out if isinstance(out, tuple) else (out, None)
-        total = total + vb_terms(e.float(), None if v is None else v.float(), x0, xt, t, sched, clip=True, fixed=fixed)
+        total = total + (b - a) * vb_terms(e.float(), None if v is None else v.float(), x0, xt, t, sched, clip=True, fixed=fixed)
     return total

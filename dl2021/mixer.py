@@ -8,15 +8,24 @@ import torch.nn.functional as F
 from einops import rearrange
 
 # %% auto #0
-__all__ = ['PatchEmbed', 'MLP', 'MixerBlock', 'MLPMixer', 'mixer_s16', 'mixer_b16', 'mixer_fmnist', 'mixer_param_count',
-           'permute_patches', 'permute_token_weights', 'token_mixing_weights']
+__all__ = ['LN_EPS', 'PatchEmbed', 'MLP', 'MixerBlock', 'MLPMixer', 'mixer_s16', 'mixer_b16', 'mixer_fmnist', 'mixer_param_count',
+           'permute_patches', 'permute_mixer_weights', 'token_mixing_weights']
 
 # %% ../nbs/10_mlp_mixer.ipynb #1b23a894
+def _check_positive(**kw):
+    for k, v in kw.items():
+        if not isinstance(v, int) or v < 1: raise ValueError(f'{k} must be a positive integer, not {v!r}')
+
 class PatchEmbed(nn.Module):
     "Cut `(B, c, H, W)` images into P×P patches and embed each linearly: `(B, S, C)` with S = (H/P)(W/P)."
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, dim: int = 512):
         super().__init__()
-        assert img_size % patch_size == 0, f'img_size {img_size} is not a multiple of patch_size {patch_size}'
+        _check_positive(img_size=img_size, patch_size=patch_size, in_chans=in_chans, dim=dim)
+        if img_size % patch_size:
+            ok = [p for p in range(1, img_size + 1) if img_size % p == 0]
+            raise ValueError(f'img_size {img_size} is not divisible by patch_size {patch_size}: the patches must tile '
+                             f'the image. Use a patch size that divides {img_size} ({ok}), or resize/pad the images.')
+        self.patch_size = patch_size
         self.grid = img_size // patch_size                      # patches per side
         self.num_patches = self.grid ** 2                       # S
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
@@ -29,17 +38,21 @@ class MLP(nn.Module):
     "Two linear layers with a GELU between them, acting on the last dimension: n → hidden → out (default n)."
     def __init__(self, n: int, hidden: int, out: int | None = None, drop: float = 0.):
         super().__init__()
+        _check_positive(n=n, hidden=hidden, **({} if out is None else dict(out=out)))
+        if not 0 <= drop < 1: raise ValueError(f'drop is a dropout probability: use 0 <= drop < 1, not {drop}')
         self.fc1, self.fc2 = nn.Linear(n, hidden), nn.Linear(hidden, out or n)
         self.drop = nn.Dropout(drop)
     def forward(self, x):                                       # (..., n)
         return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))  # (..., out)
 
 # %% ../nbs/10_mlp_mixer.ipynb #e5cd30fd
+LN_EPS = 1e-6   # flax.linen.LayerNorm's default, used by the official Mixer code (and timm)
+
 class MixerBlock(nn.Module):
     "One Mixer layer: token mixing (an MLP over the S patches, on the transpose) then channel mixing, each pre-norm with a skip."
     def __init__(self, num_patches: int, dim: int, token_dim: int, channel_dim: int, drop: float = 0.):
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=LN_EPS), nn.LayerNorm(dim, eps=LN_EPS)
         self.token_mlp = MLP(num_patches, token_dim, drop=drop)       # S -> D_S -> S
         self.channel_mlp = MLP(dim, channel_dim, drop=drop)           # C -> D_C -> C
     def mix_tokens(self, x):                                          # (B, S, C)
@@ -55,10 +68,11 @@ class MLPMixer(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  dim: int = 512, depth: int = 8, token_dim: int = 256, channel_dim: int = 2048, drop: float = 0.):
         super().__init__()
+        _check_positive(num_classes=num_classes, depth=depth, token_dim=token_dim, channel_dim=channel_dim)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
         S = self.patch_embed.num_patches
         self.blocks = nn.Sequential(*[MixerBlock(S, dim, token_dim, channel_dim, drop) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.head = nn.Linear(dim, num_classes)
         nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)
     def features(self, x):                                        # (B, c, H, W)
@@ -67,11 +81,11 @@ class MLPMixer(nn.Module):
     def forward(self, x): return self.head(self.features(x))     # (B, num_classes)
 
 def mixer_s16(**kw) -> MLPMixer:
-    "Mixer-S/16 (Table 1): C=512, D_S=256, D_C=2048, 8 layers, 16×16 patches; ~18M parameters at 224 px, 1000 classes."
+    "Mixer-S/16 (Table 1): C=512, D_S=256, D_C=2048, 8 layers, 16×16 patches; 18M parameters without the head."
     return MLPMixer(**{**dict(patch_size=16, dim=512, depth=8, token_dim=256, channel_dim=2048), **kw})
 
 def mixer_b16(**kw) -> MLPMixer:
-    "Mixer-B/16 (Table 1): C=768, D_S=384, D_C=3072, 12 layers, 16×16 patches; ~59M parameters at 224 px, 1000 classes."
+    "Mixer-B/16 (Table 1): C=768, D_S=384, D_C=3072, 12 layers, 16×16 patches; 59M parameters without the head."
     return MLPMixer(**{**dict(patch_size=16, dim=768, depth=12, token_dim=384, channel_dim=3072), **kw})
 
 def mixer_fmnist(**kw) -> MLPMixer:
@@ -81,27 +95,34 @@ def mixer_fmnist(**kw) -> MLPMixer:
 
 # %% ../nbs/10_mlp_mixer.ipynb #8ea31548
 def mixer_param_count(img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
-                      dim: int = 512, depth: int = 8, token_dim: int = 256, channel_dim: int = 2048) -> int:
-    "The closed-form parameter count of `MLPMixer` with these settings."
+                      dim: int = 512, depth: int = 8, token_dim: int = 256, channel_dim: int = 2048,
+                      head: bool = True) -> int:
+    "The closed-form parameter count of `MLPMixer` with these settings (`head=False`: without the classifier, as Table 1)."
     S, C, K = (img_size // patch_size) ** 2, dim, num_classes
     block = 4 * C + (2 * S * token_dim + token_dim + S) + (2 * C * channel_dim + channel_dim + C)
-    return in_chans * patch_size ** 2 * C + C + depth * block + 2 * C + C * K + K
+    return in_chans * patch_size ** 2 * C + C + depth * block + 2 * C + (C * K + K if head else 0)
 
 # %% ../nbs/10_mlp_mixer.ipynb #5bb71cf8
-def permute_patches(x: torch.Tensor, perm: torch.Tensor, patch_size: int) -> torch.Tensor:
-    "Rearrange the P×P patches of images `(B, c, H, W)` so that output patch s is input patch `perm[s]` (row-major)."
+def permute_patches(x: torch.Tensor, perm: torch.Tensor, patch_size: int, pixel_perm: torch.Tensor | None = None) -> torch.Tensor:
+    """Shuffle the P×P patches of images `(B, c, H, W)`: output patch s is input patch `perm[s]` (row-major), i.e.
+    X' = ΠX; `pixel_perm` (a permutation of the P² pixel positions) also shuffles the pixels inside every patch alike."""
     h = x.shape[-2] // patch_size
-    p = rearrange(x, 'b c (h p) (w q) -> b (h w) c p q', p=patch_size, q=patch_size)   # (B, S, c, P, P)
-    return rearrange(p[:, perm], 'b (h w) c p q -> b c (h p) (w q)', h=h)              # (B, c, H, W)
+    p = rearrange(x, 'b c (h p) (w q) -> b (h w) c (p q)', p=patch_size, q=patch_size)   # (B, S, c, P²)
+    p = p[:, perm]
+    if pixel_perm is not None: p = p[..., pixel_perm]
+    return rearrange(p, 'b (h w) c (p q) -> b c (h p) (w q)', h=h, p=patch_size)         # (B, c, H, W)
 
 @torch.no_grad()
-def permute_token_weights(model: MLPMixer, perm: torch.Tensor) -> MLPMixer:
-    "Permute `model`'s token-mixing weights in place so that `model(permute_patches(x, perm))` equals the old `model(x)`."
+def permute_mixer_weights(model: MLPMixer, perm: torch.Tensor, pixel_perm: torch.Tensor | None = None) -> MLPMixer:
+    "Permute `model`'s weights in place so that `model(permute_patches(x, perm, P, pixel_perm))` equals the old `model(x)`."
+    if pixel_perm is not None:                                  # W_emb' = W_emb with its pixel columns permuted alike
+        w = model.patch_embed.proj.weight                       # (C, c, P, P)
+        w.copy_(w.flatten(2)[..., pixel_perm].view_as(w))
     for blk in model.blocks:
         m = blk.token_mlp
-        m.fc1.weight.copy_(m.fc1.weight[:, perm])               # W1' = W1 Π   (D_S, S)
-        m.fc2.weight.copy_(m.fc2.weight[perm])                  # W2' = Π^T W2 (S, D_S)
-        m.fc2.bias.copy_(m.fc2.bias[perm])
+        m.fc1.weight.copy_(m.fc1.weight[:, perm])               # W1' = W1 Πᵀ   (D_S, S)
+        m.fc2.weight.copy_(m.fc2.weight[perm])                  # W2' = Π W2    (S, D_S)
+        m.fc2.bias.copy_(m.fc2.bias[perm])                      # b2' = Π b2
     return model
 
 # %% ../nbs/10_mlp_mixer.ipynb #b03bde05

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from .sr3 import ssim
+from .diffusion import cpu_autocast
 
 # %% auto #0
 __all__ = ['JPEG_LUMA', 'TASKS', 'box_mask', 'uncrop_mask', 'fill_noise', 'dct_matrix', 'jpeg_table', 'jpeg_like', 'degrade',
-           'multi_task_degrade', 'pairwise_ssim']
+           'multi_task_degrade', 'paste_known', 'pairwise_ssim']
 
 # %% ../nbs/24_palette.ipynb #946fad1e
 def box_mask(n: int, size: int = 32, min_frac: float = 0.1, max_frac: float = 0.4, generator=None, device=None) -> torch.Tensor:
@@ -95,8 +96,13 @@ def multi_task_degrade(y: torch.Tensor, tasks=TASKS, generator=None) -> torch.Te
     return cond
 
 # %% ../nbs/24_palette.ipynb #f09627a6
-def pairwise_ssim(samples: torch.Tensor) -> torch.Tensor:
-    "Mean SSIM over all pairs of `samples` (K, B, C, H, W) drawn for the same B inputs: (B,). 1 = all identical."
+def paste_known(out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    "The output where `mask` is 1 (to be restored), the known pixels of `y` elsewhere."
+    return y * (1 - mask) + out * mask
+
+def pairwise_ssim(samples: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    "Mean SSIM over all pairs of `samples` (K, B, C, H, W) drawn for the same B inputs: (B,). 1 = all identical; `mask` restricts it to a region."
     K = len(samples)
-    vals = [ssim(samples[i], samples[j]) for i in range(K) for j in range(i + 1, K)]
+    if K < 2: raise ValueError('pairwise SSIM needs at least two samples per input: draw n_div >= 2')
+    vals = [ssim(samples[i], samples[j], mask=mask) for i in range(K) for j in range(i + 1, K)]
     return torch.stack(vals).mean(0)

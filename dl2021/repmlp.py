@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 # %% auto #0
-__all__ = ['partition', 'unpartition', 'GroupedLinear', 'RepMLPBlock', 'fuse_bn', 'conv_to_fc', 'randomize_bn', 'reparameterize',
+__all__ = ['partition', 'unpartition', 'GroupedLinear', 'fuse_bn', 'conv_to_fc', 'RepMLPBlock', 'randomize_bn', 'reparameterize',
            'RepMLPBottleneck', 'RepMLPNet', 'repmlp_fmnist']
 
 # %% ../nbs/14_repmlp.ipynb #6c0bc572
@@ -27,6 +27,9 @@ class GroupedLinear(nn.Module):
     "An FC layer whose weight is block-diagonal with `groups` blocks: weight `(out, in/groups)`, like a grouped 1×1 conv."
     def __init__(self, d_in: int, d_out: int, groups: int = 1, bias: bool = True):
         super().__init__()
+        if d_in % groups or d_out % groups:
+            raise ValueError(f'groups={groups} must divide both d_in={d_in} and d_out={d_out}: each group maps '
+                             f'd_in/groups inputs to d_out/groups outputs')
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(d_out, d_in // groups))
         self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
@@ -36,44 +39,6 @@ class GroupedLinear(nn.Module):
         W = self.weight.view(g, -1, self.weight.shape[1])                  # (g, out/g, in/g)
         y = torch.einsum('ngi,goi->ngo', x.view(len(x), g, -1), W).reshape(len(x), -1)
         return y if self.bias is None else y + self.bias
-
-# %% ../nbs/14_repmlp.ipynb #e81924bf
-class RepMLPBlock(nn.Module):
-    "RepMLP (Ding et al. 2021): global + partition + local perceptrons; `merge()` folds the local one into the FC."
-    def __init__(self, C: int, O: int, H: int, W: int, h: int, w: int, reparam_conv_k=(1, 3),
-                 fc1_fc2_reduction: int = 1, fc3_groups: int = 1):
-        super().__init__()
-        assert H % h == 0 and W % w == 0, 'partitions must tile the map'
-        self.C, self.O, self.H, self.W, self.h, self.w, self.g = C, O, H, W, h, w, fc3_groups
-        self.ks, self.deployed = tuple(reparam_conv_k or ()), False
-        nh, nw = H // h, W // w
-        self.global_perceptron = (nh, nw) != (1, 1)
-        if self.global_perceptron:
-            self.avg_bn = nn.BatchNorm2d(C)
-            d = C * nh * nw
-            self.fc1, self.fc2 = nn.Linear(d, d // fc1_fc2_reduction), nn.Linear(d // fc1_fc2_reduction, d)
-        self.fc3 = GroupedLinear(C * h * w, O * h * w, fc3_groups, bias=False)           # W⁽³⁾, grouped
-        self.fc3_bn = nn.BatchNorm1d(O * h * w)
-        self.local = nn.ModuleDict({str(k): nn.Sequential(
-            nn.Conv2d(C, O, k, padding=k // 2, groups=fc3_groups, bias=False), nn.BatchNorm2d(O)) for k in self.ks})
-
-    def global_v(self, x):                                    # (B, C, H, W) -> (B, C, nh, nw)
-        v = F.avg_pool2d(x, (self.h, self.w))
-        if not self.deployed: v = self.avg_bn(v)              # after merging, the BN lives inside fc1
-        nh, nw = v.shape[-2:]
-        return self.fc2(F.relu(self.fc1(v.flatten(1)))).view(-1, self.C, nh, nw)
-
-    def forward(self, x):                                     # (B, C, H, W)
-        B = x.shape[0]
-        if self.global_perceptron:
-            v = self.global_v(x)                              # (B, C, nh, nw)
-            x = x + v.repeat_interleave(self.h, 2).repeat_interleave(self.w, 3)
-        p = partition(x, self.h, self.w)                      # (B·nh·nw, C, h, w)
-        out = self.fc3(p.reshape(len(p), -1))                 # (B·nh·nw, O·h·w)
-        if not self.deployed: out = self.fc3_bn(out)
-        out = out.view(len(p), self.O, self.h, self.w)
-        for branch in self.local.values(): out = out + branch(p)   # the local perceptron (training form only)
-        return unpartition(out, self.H, self.W)               # (B, O, H, W)
 
 # %% ../nbs/14_repmlp.ipynb #6d7774dd
 def fuse_bn(weight: torch.Tensor, bn: nn.BatchNorm1d | nn.BatchNorm2d, bias: torch.Tensor | None = None):
@@ -94,35 +59,87 @@ def conv_to_fc(kernel: torch.Tensor, h: int, w: int, groups: int = 1) -> torch.T
     return torch.cat([dense[t * Og:(t + 1) * Og, t * Cg:(t + 1) * Cg] for t in range(groups)])  # the diagonal blocks
 
 # %% ../nbs/14_repmlp.ipynb #a314b9e3
-@torch.no_grad()
-def _merge(self: RepMLPBlock, fold_bn: bool = True) -> RepMLPBlock:
-    "Fold the BNs and the conv branches into `fc3` (and the pooled BN into `fc1`), in place, for inference."
-    if self.deployed: return self
-    fuse = fuse_bn if fold_bn else (lambda w, bn, b=None: (w, torch.zeros_like(bn.running_mean)))
-    W3, b3 = fuse(self.fc3.weight, self.fc3_bn)                          # step 1 on the FC: (O·h·w, C·h·w/g)
-    if self.ks:
-        K = max(self.ks)
-        kern, kb = 0, 0
-        for k, branch in self.local.items():                              # steps 1 and 2 on every branch
-            wk, bk = fuse(branch[0].weight, branch[1])
-            kern, kb = kern + F.pad(wk, [(K - int(k)) // 2] * 4), kb + bk
-        W3 = W3 + conv_to_fc(kern, self.h, self.w, self.g)                # step 3
-        b3 = b3 + kb.repeat_interleave(self.h * self.w)
-    self.fc3 = GroupedLinear(self.C * self.h * self.w, self.O * self.h * self.w, self.g).to(W3)
-    self.fc3.weight.copy_(W3); self.fc3.bias.copy_(b3)
-    if self.global_perceptron:                                            # step 4
-        if fold_bn:
-            bn, n = self.avg_bn, self.fc1.in_features // self.C
-            s = bn.weight / (bn.running_var + bn.eps).sqrt()
-            t = bn.bias - s * bn.running_mean
-            self.fc1.bias.add_(self.fc1.weight @ t.repeat_interleave(n))
-            self.fc1.weight.mul_(s.repeat_interleave(n))
-        del self.avg_bn
-    del self.fc3_bn
-    self.local = nn.ModuleDict()
-    self.deployed = True
-    return self
-RepMLPBlock.merge = _merge
+class RepMLPBlock(nn.Module):
+    "RepMLP (Ding et al. 2021): global + partition + local perceptrons; `merge()` folds the local one into the FC."
+    def __init__(self, C: int, O: int, H: int, W: int, h: int, w: int, reparam_conv_k=(1, 3),
+                 fc1_fc2_reduction: int = 1, fc3_groups: int = 1):
+        super().__init__()
+        if H % h or W % w:
+            raise ValueError(f'the {h}×{w} partitions must tile the {H}×{W} map: choose h dividing H and w dividing W '
+                             f'(e.g. h = {H} or {H // 2 if H % 2 == 0 else H}), or pad the map')
+        if C % fc3_groups or O % fc3_groups:
+            raise ValueError(f'fc3_groups={fc3_groups} must divide the channels C={C} and O={O}')
+        ks = tuple(reparam_conv_k or ())
+        bad = [k for k in ks if k % 2 == 0 or k > min(h, w)]
+        if bad: raise ValueError(f'conv branch kernels {bad}: use odd sizes no larger than the {h}×{w} partition '
+                                 '(padding k//2 keeps the size only for odd k)')
+        nh, nw = H // h, W // w
+        if (C * nh * nw) % fc1_fc2_reduction:
+            raise ValueError(f'fc1_fc2_reduction={fc1_fc2_reduction} must divide C·(H/h)·(W/w) = {C * nh * nw}')
+        self.C, self.O, self.H, self.W, self.h, self.w, self.g = C, O, H, W, h, w, fc3_groups
+        self.ks, self.deployed = ks, False
+        self.global_perceptron = (nh, nw) != (1, 1)
+        if self.global_perceptron:
+            self.avg_bn = nn.BatchNorm2d(C)
+            d = C * nh * nw
+            self.fc1, self.fc2 = nn.Linear(d, d // fc1_fc2_reduction), nn.Linear(d // fc1_fc2_reduction, d)
+        self.fc3 = GroupedLinear(C * h * w, O * h * w, fc3_groups, bias=False)           # W⁽³⁾, grouped
+        self.fc3_bn = nn.BatchNorm1d(O * h * w)
+        self.local = nn.ModuleDict({str(k): nn.Sequential(
+            nn.Conv2d(C, O, k, padding=k // 2, groups=fc3_groups, bias=False), nn.BatchNorm2d(O)) for k in self.ks})
+
+    def global_v(self, x):                                    # (B, C, H, W) -> (B, C, nh, nw)
+        v = F.avg_pool2d(x, (self.h, self.w))
+        if not self.deployed: v = self.avg_bn(v)              # after merging, the BN lives inside fc1
+        nh, nw = v.shape[-2:]
+        return self.fc2(F.relu(self.fc1(v.flatten(1)))).view(-1, self.C, nh, nw)
+
+    def forward(self, x):                                     # (B, C, H, W)
+        if self.global_perceptron:
+            v = self.global_v(x)                              # (B, C, nh, nw)
+            x = x + v.repeat_interleave(self.h, 2).repeat_interleave(self.w, 3)
+        p = partition(x, self.h, self.w)                      # (B·nh·nw, C, h, w)
+        out = self.fc3(p.reshape(len(p), -1))                 # (B·nh·nw, O·h·w)
+        if not self.deployed: out = self.fc3_bn(out)
+        out = out.view(len(p), self.O, self.h, self.w)
+        for branch in self.local.values(): out = out + branch(p)   # the local perceptron (training form only)
+        return unpartition(out, self.H, self.W)               # (B, O, H, W)
+
+    @torch.no_grad()
+    def merged_fc3(self, fold_bn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        "Weight and bias of the single FC that replaces fc3, its BN and the conv branches (steps 1–3)."
+        if self.deployed: return self.fc3.weight, self.fc3.bias
+        fuse = fuse_bn if fold_bn else (lambda w, bn, b=None: (w, torch.zeros_like(bn.running_mean)))
+        W3, b3 = fuse(self.fc3.weight, self.fc3_bn)                      # step 1 on the FC: (O·h·w, C·h·w/g)
+        if self.ks:
+            K = max(self.ks)
+            kern, kb = 0, 0
+            for k, branch in self.local.items():                          # steps 1 and 2 on every branch
+                wk, bk = fuse(branch[0].weight, branch[1])
+                kern, kb = kern + F.pad(wk, [(K - int(k)) // 2] * 4), kb + bk
+            W3 = W3 + conv_to_fc(kern, self.h, self.w, self.g)            # step 3
+            b3 = b3 + kb.repeat_interleave(self.h * self.w)
+        return W3, b3
+
+    @torch.no_grad()
+    def merge(self, fold_bn: bool = True) -> RepMLPBlock:
+        "Fold the BNs and the conv branches into `fc3` (and the pooled BN into `fc1`), in place, for inference."
+        if self.deployed: return self
+        W3, b3 = self.merged_fc3(fold_bn)
+        self.fc3 = GroupedLinear(self.C * self.h * self.w, self.O * self.h * self.w, self.g).to(W3)
+        self.fc3.weight.copy_(W3); self.fc3.bias.copy_(b3)
+        if self.global_perceptron:                                        # step 4
+            if fold_bn:
+                bn, n = self.avg_bn, self.fc1.in_features // self.C
+                s = bn.weight / (bn.running_var + bn.eps).sqrt()
+                t = bn.bias - s * bn.running_mean
+                self.fc1.bias.add_(self.fc1.weight @ t.repeat_interleave(n))
+                self.fc1.weight.mul_(s.repeat_interleave(n))
+            del self.avg_bn
+        del self.fc3_bn
+        self.local = nn.ModuleDict()
+        self.deployed = True
+        return self
 
 # %% ../nbs/14_repmlp.ipynb #34269ba0
 @torch.no_grad()
@@ -147,6 +164,8 @@ class RepMLPBottleneck(nn.Module):
     "x + BN(Conv1×1(ReLU(BN(RepMLP(ReLU(BN(Conv1×1(x)))))))), with the RepMLP at `C // reduction` channels."
     def __init__(self, C: int, H: int, W: int, h: int, w: int, reduction: int = 2, **kw):
         super().__init__()
+        if reduction < 1 or C % reduction:
+            raise ValueError(f'reduction={reduction} must be a positive divisor of the {C} channels')
         c = C // reduction
         self.down = nn.Sequential(nn.Conv2d(C, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
         self.repmlp = RepMLPBlock(c, c, H, W, h, w, **kw)
@@ -159,6 +178,10 @@ class RepMLPNet(nn.Module):
                  in_chans: int = 1, num_classes: int = 10, reduction: int = 2, reparam_conv_k=(1, 3),
                  fc3_groups: int = 4, fc1_fc2_reduction: int = 1):
         super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f'img_size {img_size} is not divisible by patch_size {patch_size}: use a patch size that '
+                             f'divides it ({[p for p in range(1, img_size + 1) if img_size % p == 0]})')
+        if depth < 1: raise ValueError(f'depth is the number of RepMLP bottlenecks: use 1 or more, not {depth}')
         R = img_size // patch_size
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dim, patch_size, patch_size, bias=False), nn.BatchNorm2d(dim), nn.ReLU())
         self.blocks = nn.Sequential(*[RepMLPBottleneck(dim, R, R, part, part, reduction, reparam_conv_k=reparam_conv_k,

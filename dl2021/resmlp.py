@@ -6,7 +6,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from einops import rearrange
-from .mixer import PatchEmbed, MLP
+from .mixer import PatchEmbed, MLP, _check_positive
 
 # %% auto #0
 __all__ = ['Affine', 'layerscale_init_for_depth', 'ResMLPBlock', 'ResMLP', 'resmlp_s12', 'resmlp_fmnist', 'resmlp_param_count',
@@ -29,6 +29,8 @@ class ResMLPBlock(nn.Module):
     "ResMLP layer: X + γ1 ⊙ (A · Aff(X)) across patches, then Z + γ2 ⊙ MLP(Aff(Z)) per patch."
     def __init__(self, num_patches: int, dim: int, mlp_ratio: int = 4, layerscale_init: float = 0.1, drop: float = 0.):
         super().__init__()
+        _check_positive(num_patches=num_patches, dim=dim, mlp_ratio=mlp_ratio)
+        if not layerscale_init > 0: raise ValueError(f'layerscale_init must be > 0 (0.1 for 12 blocks, 1e-5 for 24, 1e-6 beyond), not {layerscale_init}')
         self.norm1, self.norm2 = Affine(dim), Affine(dim)
         self.token_mix = nn.Linear(num_patches, num_patches)           # A: S -> S, linear, no hidden layer
         self.mlp = MLP(dim, mlp_ratio * dim, drop=drop)                 # C -> 4C -> C
@@ -47,6 +49,7 @@ class ResMLP(nn.Module):
                  dim: int = 384, depth: int = 12, mlp_ratio: int = 4, layerscale_init: float | None = 0.1,
                  drop: float = 0.):
         super().__init__()
+        _check_positive(num_classes=num_classes, depth=depth)
         if layerscale_init is None: layerscale_init = layerscale_init_for_depth(depth)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
         S = self.patch_embed.num_patches

@@ -2,12 +2,17 @@
 
 # %% ../nbs/05_resnet.ipynb #fcb7b362
 from __future__ import annotations
+from functools import partial
 import torch
 from torch import nn
 import torch.nn.functional as F
+from .core import set_seed, get_device, device_name, n_params
+from .data import fashion_mnist, Augment
+from .train import fit, supervised_step, cached
+from .presets import preset
 
 # %% auto #0
-__all__ = ['conv_bn', 'ResBlock', 'ResNet']
+__all__ = ['BASELINE', 'BASELINE_COMMON', 'conv_bn', 'ResBlock', 'ResNet', 'baseline_config', 'train_baseline']
 
 # %% ../nbs/05_resnet.ipynb #4b967cdf
 def conv_bn(ni: int, nf: int, ks: int = 3, stride: int = 1) -> nn.Sequential:
@@ -15,21 +20,71 @@ def conv_bn(ni: int, nf: int, ks: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(ni, nf, ks, stride, ks // 2, bias=False), nn.BatchNorm2d(nf))
 
 class ResBlock(nn.Module):
-    "y = ReLU(shortcut(x) + BN(conv(ReLU(BN(conv(x))))))."
-    def __init__(self, ni: int, nf: int, stride: int = 1):
+    "y = ReLU(F(x) + shortcut(x)), F = BN(conv(ReLU(BN(conv(x))))); `residual=False` gives the plain block ReLU(F(x))."
+    def __init__(self, ni: int, nf: int, stride: int = 1, residual: bool = True):
         super().__init__()
+        if stride not in (1, 2): raise ValueError(f'stride must be 1 or 2 (2 halves the resolution), not {stride}')
+        self.residual = residual
         self.f = nn.Sequential(conv_bn(ni, nf, 3, stride), nn.ReLU(inplace=True), conv_bn(nf, nf, 3))
-        self.shortcut = nn.Identity() if ni == nf and stride == 1 else conv_bn(ni, nf, 1, stride)
-    def forward(self, x): return F.relu(self.shortcut(x) + self.f(x))
+        self.shortcut = nn.Identity() if ni == nf and stride == 1 else conv_bn(ni, nf, 1, stride)   # x' = x or BN(W_s x)
+        if not residual: self.shortcut = None
+    def forward(self, x):                                        # (B, ni, H, W) -> (B, nf, H/stride, W/stride)
+        y = self.f(x)
+        return F.relu(y + self.shortcut(x) if self.residual else y)
 
+# %% ../nbs/05_resnet.ipynb #a7ecccc8
 class ResNet(nn.Module):
-    "A small ResNet for 28×28 (or 32×32) single-channel images."
-    def __init__(self, widths=(32, 64, 128, 256), n_classes: int = 10, c_in: int = 1):
+    "A small ResNet for 28×28 (or 32×32) images: stem, four stages of `depth` blocks, global average pool, linear head."
+    def __init__(self, widths=(32, 64, 128, 256), n_classes: int = 10, c_in: int = 1, depth: int = 1,
+                 residual: bool = True):
         super().__init__()
+        widths = tuple(widths)
+        if not widths or any(int(w) != w or w < 1 for w in widths):
+            raise ValueError(f'widths must be a non-empty sequence of positive integers (one per stage), not {widths}')
+        if depth < 1: raise ValueError(f'depth is the number of blocks per stage: use 1 or more, not {depth}')
         self.stem = nn.Sequential(conv_bn(c_in, widths[0]), nn.ReLU(inplace=True))
-        self.stages = nn.Sequential(*[ResBlock(a, b, 1 if i == 0 else 2)
-                                      for i, (a, b) in enumerate(zip(widths[:1] + widths[:-1], widths))])
+        blocks = []
+        for i, (a, b) in enumerate(zip(widths[:1] + widths[:-1], widths)):
+            blocks += [ResBlock(a, b, 1 if i == 0 else 2, residual)] + [ResBlock(b, b, 1, residual) for _ in range(depth - 1)]
+        self.stages = nn.Sequential(*blocks)
         self.head = nn.Linear(widths[-1], n_classes)
     def features(self, x):                                       # (B, C_in, H, W) -> (B, widths[-1])
         return self.stages(self.stem(x)).mean((2, 3))
     def forward(self, x): return self.head(self.features(x))    # (B, n_classes)
+
+# %% ../nbs/05_resnet.ipynb #3b9ca8fb
+BASELINE = dict(
+    smoke=dict(n_train=2000, n_test=1000, widths=(8, 16, 16, 16), epochs=1, bs=256, lr=5e-3, aug=dict(flip=True),
+               compile=False),
+    cpu=dict(n_train=None, n_test=None, widths=(8, 16, 32, 64), epochs=4, bs=256, lr=5e-3, aug=dict(flip=True),
+             compile=False),
+    full=dict(n_train=None, n_test=None, widths=(32, 64, 128, 256), epochs=20, bs=512, lr=5e-3,
+              aug=dict(translate=2, flip=True), compile=True),
+)
+BASELINE_COMMON = dict(wd=0.05, label_smoothing=0.1, seed=0, version=2)   # bump `version` when the recipe's code changes
+
+def baseline_config(preset_name: str | None = None) -> dict:
+    "The baseline's configuration for `preset_name` (default: the current preset, see `dl2021.presets`)."
+    return preset(**BASELINE, name=preset_name, **BASELINE_COMMON)
+
+def train_baseline(preset: str | None = None, device=None, retrain: bool = False) -> tuple[nn.Module, dict]:
+    """The course's baseline ResNet for `preset` (default: the current one), trained once and then loaded from the
+    checkpoint cache: returns `(model, meta)`, the model in eval mode on `device` and `meta` with the test accuracy,
+    per-epoch history, per-step losses, training seconds and device of the run that trained it."""
+    cfg = baseline_config(preset)
+    dev = torch.device(device) if device is not None else get_device()
+    set_seed(cfg.seed)
+    model = ResNet(cfg.widths).to(dev)
+    def train(model):
+        set_seed(cfg.seed)
+        tr = fashion_mnist('train', n=cfg.n_train, device=dev)
+        te = fashion_mnist('test', n=cfg.n_test, device=dev)
+        hist = fit(model, tr.batches(cfg.bs, shuffle=True, tfm=Augment(**cfg.aug), seed=cfg.seed), epochs=cfg.epochs,
+                   lr=cfg.lr, wd=cfg.wd, valid=te.batches(1024), eval_step=supervised_step,
+                   step=partial(supervised_step, label_smoothing=cfg.label_smoothing), compile=cfg.compile,
+                   channels_last=dev.type == 'cuda')
+        return dict(test_acc=hist.last['valid_acc'], epochs=hist.epochs, losses=[round(l, 4) for l in hist.losses],
+                    train_s=round(hist.train_s, 2), device=device_name(dev), preset=cfg.preset,
+                    params=n_params(model), img_s=max(hist['img_s']))
+    meta = cached(f'resnet-baseline-{cfg.preset}', dict(cfg), model, train, retrain=retrain)
+    return model.eval(), meta

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .diffusion import Schedule, q_sample, ddpm_sample, ddim_sample, respace
+from .diffusion import Schedule, q_sample, ddpm_sample, ddim_sample, respace, cpu_autocast
 
 # %% auto #0
 __all__ = ['downsample', 'upsample', 'psnr', 'gaussian_window', 'ssim', 'cond_diffusion_loss', 'make_cond_step', 'cond_eps_fn',
@@ -23,9 +23,13 @@ def upsample(x: torch.Tensor, factor: int = 4, mode: str = 'bicubic') -> torch.T
     return F.interpolate(x, scale_factor=factor, mode=mode, **kw).clamp(-1, 1)
 
 # %% ../nbs/23_sr3.ipynb #e3278374
-def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.) -> torch.Tensor:
-    "Peak signal-to-noise ratio in dB, per image: (B, C, H, W) x2 -> (B,)."
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1)
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2., mask: torch.Tensor | None = None) -> torch.Tensor:
+    "Peak signal-to-noise ratio in dB, per image: (B, C, H, W) x2 -> (B,); with `mask` (1 = counted) over the masked pixels only."
+    err = (x.float() - y.float()).pow(2)
+    if mask is None: mse = err.flatten(1).mean(1)
+    else:
+        m = mask.float().expand_as(err)
+        mse = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1)
     return 10 * torch.log10(data_range ** 2 / mse)
 
 # %% ../nbs/23_sr3.ipynb #1ce999db
@@ -36,8 +40,9 @@ def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return (g[:, None] * g[None, :]).float()
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2., lo: float = -1., size: int = 11, sigma: float = 1.5,
-         K=(0.01, 0.03)) -> torch.Tensor:
-    "SSIM with a Gaussian window for images in [lo, lo + data_range], averaged over positions and channels: (B, C, H, W) x2 -> (B,)."
+         K=(0.01, 0.03), mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SSIM with a Gaussian window for images in [lo, lo + data_range], averaged over positions and channels: (B, C, H, W) x2 -> (B,).
+    With `mask` (1 = counted), averaged only over the windows centred on masked pixels."""
     x, y = x.float() - lo, y.float() - lo                                      # intensities must be >= 0
     C = x.shape[1]
     w = gaussian_window(size, sigma).to(x.device).expand(C, 1, size, size)   # depthwise
@@ -47,12 +52,21 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2., lo: float = -
     cov = filt(x * y) - mu_x * mu_y
     C1, C2 = (K[0] * data_range) ** 2, (K[1] * data_range) ** 2
     s = ((2 * mu_x * mu_y + C1) * (2 * cov + C2)) / ((mu_x ** 2 + mu_y ** 2 + C1) * (var_x + var_y + C2))
-    return s.flatten(1).mean(1)
+    if mask is None: return s.flatten(1).mean(1)
+    r = size // 2
+    m = mask.float().expand(len(x), C, *x.shape[2:])[..., r:x.shape[-2] - r, r:x.shape[-1] - r]   # window centres
+    if (m.flatten(1).sum(1) == 0).any(): raise ValueError('a mask has no pixel at least size//2 from the border: SSIM is undefined there; enlarge the mask')
+    return (s * m).flatten(1).sum(1) / m.flatten(1).sum(1)
 
 # %% ../nbs/23_sr3.ipynb #5376831b
+def _check_p(p):
+    if p not in (1, 2): raise ValueError(f'p must be 1 (L1) or 2 (L2), the norms SR3 and Palette use, not {p!r}')
+
 def cond_diffusion_loss(model: nn.Module, y0: torch.Tensor, cond: torch.Tensor, sched: Schedule, p: int = 2,
                         t: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
     "E |ε_θ(concat(y_t, cond), t) - ε|^p, mean over pixels; `y0` (B, C, H, W), `cond` (B, C', H, W)."
+    _check_p(p)
+    if cond.shape[-2:] != y0.shape[-2:]: raise ValueError(f'cond {tuple(cond.shape)} must have the size of y0 {tuple(y0.shape)}: upsample it first')
     sched = sched.to(y0.device)
     if t is None: t = torch.randint(0, sched.T, (len(y0),), device=y0.device)
     if eps is None: eps = torch.randn_like(y0)
@@ -60,24 +74,29 @@ def cond_diffusion_loss(model: nn.Module, y0: torch.Tensor, cond: torch.Tensor, 
     err = model(torch.cat([yt, cond], 1), t)[:, :y0.shape[1]].float() - eps
     return err.abs().mean() if p == 1 else err.pow(2).mean()
 
-def make_cond_step(sched: Schedule, degrade, p: int = 2):
-    "A `fit` step: batch (y0, ...) -> dict(loss = cond_diffusion_loss(model, y0, degrade(y0), sched, p))."
+def make_cond_step(sched: Schedule, degrade, p: int = 2, bf16: bool = False):
+    "A `fit` step: batch (y0, ...) -> dict(loss = cond_diffusion_loss(model, y0, degrade(y0), sched, p)); bfloat16 on a CPU if `bf16`."
+    _check_p(p)
     def step(model, batch):
         y0 = batch[0]
         with torch.no_grad(): cond = degrade(y0)
-        return dict(loss=cond_diffusion_loss(model, y0, cond, sched, p))
+        with cpu_autocast(y0.device, bf16): return dict(loss=cond_diffusion_loss(model, y0, cond, sched, p))
     return step
 
-def cond_eps_fn(model: nn.Module, cond: torch.Tensor):
-    "The `eps_fn(x, t)` the chapter's samplers want, for a fixed condition `cond` (B, C', H, W)."
-    return lambda x, t: model(torch.cat([x, cond], 1), t)
+def cond_eps_fn(model: nn.Module, cond: torch.Tensor, bf16: bool = False):
+    "The `eps_fn(x, t)` the chapter's samplers want, for a fixed condition `cond` (B, C', H, W); bfloat16 autocast if `bf16`."
+    def f(x, t):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16): return model(torch.cat([x, cond], 1), t).float()
+    return f
 
 @torch.no_grad()
 def cond_sample(model: nn.Module, cond: torch.Tensor, sched: Schedule, steps: int = 100, sampler: str = 'ddpm',
-                c_out: int = 1, generator: torch.Generator | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
+                c_out: int = 1, generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
+                bf16: bool = False) -> torch.Tensor:
     "Sample y given `cond`: ancestral sampling on `steps` respaced steps (SR3's choice) or DDIM ('ddim', η = 0)."
+    if sampler not in ('ddpm', 'ddim'): raise ValueError(f"sampler must be 'ddpm' (ancestral) or 'ddim', not {sampler!r}")
     shape = (len(cond), c_out, *cond.shape[2:])
-    eps_fn = cond_eps_fn(model, cond)
+    eps_fn = cond_eps_fn(model, cond, bf16)
     if sampler == 'ddim': return ddim_sample(eps_fn, shape, sched, steps=steps, generator=generator, x_T=x_T, device=cond.device)
     s = respace(sched, steps)[0] if steps < sched.T else sched
     return ddpm_sample(eps_fn, shape, s, generator=generator, x_T=x_T, device=cond.device)
@@ -85,22 +104,29 @@ def cond_sample(model: nn.Module, cond: torch.Tensor, sched: Schedule, steps: in
 # %% ../nbs/23_sr3.ipynb #11507af9
 def regression_loss(model: nn.Module, y0: torch.Tensor, cond: torch.Tensor, p: int = 2) -> torch.Tensor:
     "E |f_θ(cond) - y0|^p: the U-Net as a plain regressor (t = 0)."
+    _check_p(p)
     t = torch.zeros(len(y0), dtype=torch.long, device=y0.device)
     err = model(cond, t)[:, :y0.shape[1]].float() - y0
     return err.abs().mean() if p == 1 else err.pow(2).mean()
 
-def make_regression_step(degrade, p: int = 2):
-    "A `fit` step: batch (y0, ...) -> dict(loss = regression_loss(model, y0, degrade(y0), p))."
+def make_regression_step(degrade, p: int = 2, bf16: bool = False):
+    "A `fit` step: batch (y0, ...) -> dict(loss = regression_loss(model, y0, degrade(y0), p)); bfloat16 on a CPU if `bf16`."
+    _check_p(p)
     def step(model, batch):
         y0 = batch[0]
         with torch.no_grad(): cond = degrade(y0)
-        return dict(loss=regression_loss(model, y0, cond, p))
+        with cpu_autocast(y0.device, bf16): return dict(loss=regression_loss(model, y0, cond, p))
     return step
 
 @torch.no_grad()
-def regress(model: nn.Module, cond: torch.Tensor) -> torch.Tensor:
-    "The regression model's output for `cond`, clamped to [-1, 1]."
-    return model(cond, torch.zeros(len(cond), dtype=torch.long, device=cond.device)).float().clamp(-1, 1)
+def regress(model: nn.Module, cond: torch.Tensor, bf16: bool = False, bs: int = 1000) -> torch.Tensor:
+    "The regression model's output for `cond`, clamped to [-1, 1] (in batches of `bs`; bfloat16 autocast if `bf16`)."
+    outs = []
+    for i in range(0, len(cond), bs):
+        c = cond[i:i + bs]
+        with torch.autocast(c.device.type, dtype=torch.bfloat16, enabled=bf16):
+            outs.append(model(c, torch.zeros(len(c), dtype=torch.long, device=c.device)).float().clamp(-1, 1))
+    return torch.cat(outs)
 
 # %% ../nbs/23_sr3.ipynb #a5a47dfa
 def consistency(y_hat: torch.Tensor, x_lr: torch.Tensor, factor: int = 4) -> torch.Tensor:

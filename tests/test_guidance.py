@@ -1,8 +1,9 @@
+import pytest
 import torch
 from torch import nn
 import torch.nn.functional as F
-from dl2021.diffusion import Schedule, linear_betas, UNet, ddim_sample
-from dl2021.guidance import (NoisyClassifier, classifier_loss, make_classifier_step, log_prob_grad,
+from dl2021.diffusion import Schedule, linear_betas, UNet, ddim_sample, ddpm_sample
+from dl2021.guidance import (NoisyClassifier, classifier_loss, make_classifier_step, log_prob_grad, classifier_cond_fn,
                              classifier_guided_eps, cfg_eps, within_class_diversity, guided_samples)
 
 
@@ -15,7 +16,7 @@ class Linear(nn.Module):
 
 def test_classifier_shapes_and_step():
     torch.manual_seed(0)
-    clf = NoisyClassifier(ch=8, ch_mult=(1, 2), attn_res=(16,))
+    clf = NoisyClassifier(ch=8, ch_mult=(1, 2), attn_res=(16,), img_size=32)
     x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
     assert clf(x, torch.tensor([0, 10, 500, 999])).shape == (4, 10)
     out = make_classifier_step(Schedule(linear_betas()))(clf, (x, y))
@@ -78,12 +79,42 @@ def test_guided_samples_runs():
     sched = Schedule(linear_betas())
     net = UNet(ch=8, ch_mult=(1,), n_res=1, attn_res=(), n_classes=10, dropout=0.).eval()
     clf = NoisyClassifier(ch=8, ch_mult=(1,), attn_res=())
-    eps = lambda x, t, y: classifier_guided_eps(lambda a, b: net(a, b, y), clf, y, sched, 2.)(x, t)
-    x, y = guided_samples(eps, 12, dict(steps=2), sched, seed=0, bs=5)
-    assert x.shape == (12, 1, 32, 32) and torch.equal(y, torch.arange(12) % 10)
+    eps = lambda x, t, y: net(x, t, y)
+    x, y = guided_samples(eps, 12, sched, steps=2, cond_fn=lambda x, t, y: classifier_cond_fn(clf, y, 2.)(x, t), seed=0, bs=5)
+    assert x.shape == (12, 1, 28, 28) and torch.equal(y, torch.arange(12) % 10)
     assert x.min() >= -1 and x.max() <= 1
-    x2, _ = guided_samples(lambda x, t, y: cfg_eps(net, y, 1.)(x, t), 12, dict(steps=2), sched, seed=0, bs=5)
+    x2, _ = guided_samples(lambda x, t, y: cfg_eps(net, y, 1.)(x, t), 12, sched, steps=2, seed=0, bs=5)
     assert torch.isfinite(x2).all()
+    x3, _ = guided_samples(lambda x, t, y: cfg_eps(net, y, 1.)(x, t), 12, sched, steps=2, seed=0, bs=12)
+    assert x3.shape == x2.shape
+
+
+def test_classifier_cond_fn_matches_the_eps_wrapper_without_clipping():
+    "ADM Algorithm 2 through the sampler hook equals the ε-space wrapper when nothing is clipped."
+    torch.manual_seed(0)
+    sched = Schedule(linear_betas())
+    lin, y = Linear(), torch.tensor([2, 5, 7])
+    x_T = torch.randn(3, 1, 4, 4)
+    base = lambda x, t: 0.1 * x
+    a = ddim_sample(base, None, sched, steps=10, x_T=x_T, clip=False, cond_fn=classifier_cond_fn(lin, y, 2.))
+    b = ddim_sample(classifier_guided_eps(base, lin, y, sched, 2.), None, sched, steps=10, x_T=x_T, clip=False)
+    assert torch.allclose(a, b, atol=1e-5)
+    # Algorithm 1: the ancestral sampler's mean moves by Σ·s·g (one step, no noise at the last step)
+    one = Schedule(torch.tensor([0.5]))
+    g = log_prob_grad(lin, x_T, torch.zeros(3, dtype=torch.long), y)
+    u = ddpm_sample(base, None, one, x_T=x_T, clip=False)
+    v = ddpm_sample(base, None, one, x_T=x_T, clip=False, cond_fn=classifier_cond_fn(lin, y, 2.))
+    assert torch.allclose(v - u, 0.5 * 2. * g, atol=1e-5)
+
+
+def test_constructors_validate():
+    with pytest.raises(ValueError, match='cannot be halved'): NoisyClassifier(ch_mult=(1, 2, 2, 2))
+    with pytest.raises(ValueError, match='not a resolution'): NoisyClassifier(attn_res=(16,))
+    with pytest.raises(ValueError, match='at least one level'): NoisyClassifier(ch_mult=())
+    class NoLabels(nn.Module):
+        n_classes = None
+    with pytest.raises(ValueError, match='class-conditional'): cfg_eps(NoLabels(), torch.tensor([1]))
+    with pytest.raises(ValueError, match='at least two'): within_class_diversity(torch.randn(3, 2), torch.tensor([0, 1, 2]))
 
 
 def test_exact_mixture_guidance():

@@ -15,7 +15,7 @@ def test_merge_is_exact(C, O, H, h, ks, g, r):
     merged = reparameterize(blk)
     assert merged.deployed and not blk.deployed
     assert len(merged.local) == 0 and not hasattr(merged, 'fc3_bn')
-    torch.testing.assert_close(merged(x), y, rtol=0, atol=1e-4)
+    with torch.no_grad(): torch.testing.assert_close(merged(x), y, rtol=0, atol=1e-4)
 
 def test_wrong_merge_differs():
     set_seed(0)
@@ -68,3 +68,31 @@ def test_fmnist_shapes_and_fc3_size():
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     blk = net.blocks[0].repmlp
     assert blk.fc3.weight.numel() == (32 * 49) * (32 * 49) // 4 and blk.fc3.groups == 4
+
+
+def test_merge_is_a_method_of_the_class():
+    # a real method (defined in the class body), not a function patched in afterwards
+    assert 'merge' in RepMLPBlock.__dict__ and RepMLPBlock.merge.__qualname__ == 'RepMLPBlock.merge'
+    assert RepMLPBlock.merged_fc3.__qualname__ == 'RepMLPBlock.merged_fc3'
+
+def test_merged_fc3_matches_the_training_form_partition_output():
+    set_seed(0)
+    blk = randomize_bn(RepMLPBlock(4, 4, 6, 6, 6, 6, reparam_conv_k=(1, 3), fc3_groups=2)).eval()   # no global perceptron
+    x = torch.randn(3, 4, 6, 6)
+    W, b = blk.merged_fc3()
+    out = F.conv1d(x.reshape(3, -1, 1), W[..., None], b, groups=2).view(3, 4, 6, 6)
+    torch.testing.assert_close(out, blk(x).detach(), rtol=0, atol=1e-4)
+
+@pytest.mark.parametrize('make, msg', [
+    (lambda: RepMLPBlock(8, 8, 14, 14, 5, 5), 'must tile the 14×14 map'),
+    (lambda: RepMLPBlock(6, 6, 14, 14, 7, 7, fc3_groups=4), 'must divide the channels'),
+    (lambda: RepMLPBlock(8, 8, 14, 14, 7, 7, reparam_conv_k=(1, 4)), 'use odd sizes'),
+    (lambda: RepMLPBlock(8, 8, 14, 14, 7, 7, reparam_conv_k=(9,)), 'use odd sizes no larger than the 7×7 partition'),
+    (lambda: RepMLPBlock(8, 8, 14, 14, 7, 7, fc1_fc2_reduction=3), 'must divide C'),
+    (lambda: repmlp_fmnist(patch_size=3), 'not divisible by patch_size 3'),
+    (lambda: repmlp_fmnist(part=5), 'must tile the 14×14 map'),
+    (lambda: repmlp_fmnist(dim=30, reduction=4), 'positive divisor of the 30 channels'),
+    (lambda: repmlp_fmnist(depth=0), 'number of RepMLP bottlenecks'),
+])
+def test_config_errors_name_the_fix(make, msg):
+    with pytest.raises(ValueError, match=msg): make()

@@ -5,7 +5,7 @@ from dl2021.diffusion import Schedule, linear_betas, UNet
 from dl2021.sr3 import (downsample, upsample, psnr, gaussian_window, ssim, cond_diffusion_loss, make_cond_step,
                         cond_eps_fn, cond_sample, regression_loss, make_regression_step, regress, consistency)
 from dl2021.palette import (box_mask, uncrop_mask, fill_noise, dct_matrix, jpeg_table, jpeg_like, JPEG_LUMA, TASKS,
-                            degrade, multi_task_degrade, pairwise_ssim)
+                            degrade, multi_task_degrade, pairwise_ssim, paste_known)
 
 
 # ---- SR3 metrics and operators
@@ -154,3 +154,33 @@ def test_cond_sample_oracle():
         for steps in (5, 50):
             out = cond_sample(Oracle(), c, sched, steps=steps, sampler=sampler, generator=torch.Generator().manual_seed(0))
             assert (out - c).abs().max() < 1e-3
+
+
+def test_masked_metrics():
+    "PSNR and SSIM with a mask look only at the region to restore (Palette: the known pixels are given)."
+    torch.manual_seed(0)
+    y = torch.rand(2, 1, 32, 32) * 2 - 1
+    m = torch.zeros(2, 1, 32, 32); m[..., 16:, :] = 1                      # bottom half to restore
+    out = y.clone(); out[..., 16:, :] += 0.2                               # error only inside the mask
+    mse_in = 0.2 ** 2
+    assert torch.allclose(psnr(out, y, mask=m), torch.full((2,), 10 * math.log10(4 / mse_in)), atol=1e-3)
+    assert (psnr(out, y, mask=m) < psnr(out, y)).all()                     # the whole image would hide half the error
+    copy = paste_known(torch.zeros_like(y), y, m)                         # copying the input: error only where it matters
+    assert torch.isinf(psnr(copy, y, mask=1 - m)).all()
+    far = torch.zeros_like(m); far[..., :11, :] = 1                       # windows centred here (radius 5) miss the error
+    assert torch.allclose(ssim(out, y, mask=far), torch.ones(2), atol=1e-5)
+    assert (ssim(out, y, mask=m) < 0.999).all()
+    with pytest.raises(ValueError, match='border'): ssim(y, y, mask=torch.zeros_like(y))
+    s = torch.stack([y, out, out])
+    assert torch.allclose(pairwise_ssim(s, far), torch.ones(2), atol=1e-5)    # the samples differ only in the mask
+    with pytest.raises(ValueError, match='at least two'): pairwise_ssim(s[:1])
+
+
+def test_sr3_constructors_validate():
+    sched = Schedule(linear_betas())
+    net = UNet(c_in=2, ch=8, ch_mult=(1,), n_res=1, attn_res=(), dropout=0.)
+    y0 = torch.randn(2, 1, 32, 32)
+    with pytest.raises(ValueError, match='p must be 1'): make_cond_step(sched, lambda y: y, p=3)
+    with pytest.raises(ValueError, match='p must be 1'): make_regression_step(lambda y: y, p=0)
+    with pytest.raises(ValueError, match='upsample'): cond_diffusion_loss(net, y0, torch.randn(2, 1, 8, 8), sched)
+    with pytest.raises(ValueError, match='sampler'): cond_sample(net, y0, sched, steps=2, sampler='euler')
