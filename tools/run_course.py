@@ -29,7 +29,8 @@ DEPS = {
     '23_sr3': ['06_fid'], '24_palette': ['06_fid'],
     '16_mixers_compared': ['05_resnet', '10_mlp_mixer', '11_resmlp', '12_gmlp', '13_ff_only', '14_repmlp',
                            '15_convmixer'],
-    '31_ssl_baselines': ['30_ssl'], '32_byol': ['30_ssl'], '33_simsiam': ['30_ssl'], '34_directpred': ['30_ssl'],
+    '31_ssl_baselines': ['30_ssl'], '32_byol': ['30_ssl'], '33_simsiam': ['30_ssl'],
+    '34_directpred': ['30_ssl', '31_ssl_baselines', '32_byol'],   # loads their random-init and BYOL models from the cache
     '35_dino': ['30_ssl'],
     '36_ssl_compared': ['30_ssl', '31_ssl_baselines', '32_byol', '33_simsiam', '34_directpred', '35_dino'],
     '40_clip': ['05_resnet'], '51_distillation': ['05_resnet'],
