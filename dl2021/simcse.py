@@ -307,7 +307,7 @@ class AlignUniform:
 # %% ../nbs/41_simcse.ipynb #cff68591
 def new_encoder(cfg: Config, vocab_size: int) -> Encoder:
     "The mini-BERT of configuration `cfg` (untrained)."
-    return Encoder(vocab_size, cfg.d, cfg.layers, cfg.heads, cfg.d_ff, cfg.max_len, cfg.p)
+    return Encoder(vocab_size, cfg.d, cfg.layers, cfg.heads, cfg.d_ff, cfg.max_len, cfg.p, cfg.get('pre_ln', False))
 
 class Take:
     "`n` batches of `batches`, going through it again (a new shuffle) as often as needed."
