@@ -97,29 +97,24 @@ class SelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, L, d))
 
 class Block(nn.Module):
-    """BERT's post-LN block: x = LN(x + Drop(Attn(x))); x = LN(x + Drop(FFN(x))), FFN = Linear-GELU-Linear.
-    With `pre_ln`: x = x + Drop(Attn(LN(x))); x = x + Drop(FFN(LN(x))) (Xiong et al. 2020), which trains faster."""
-    def __init__(self, d: int, heads: int, d_ff: int, p: float = .1, pre_ln: bool = False):
+    "BERT's post-LN block: x = LN(x + Drop(Attn(x))); x = LN(x + Drop(FFN(x))), FFN = Linear-GELU-Linear."
+    def __init__(self, d: int, heads: int, d_ff: int, p: float = .1):
         super().__init__()
         self.attn, self.ln1 = SelfAttention(d, heads, p), nn.LayerNorm(d, eps=1e-12)
         self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Linear(d_ff, d))
-        self.ln2, self.drop, self.pre_ln = nn.LayerNorm(d, eps=1e-12), nn.Dropout(p), pre_ln
+        self.ln2, self.drop = nn.LayerNorm(d, eps=1e-12), nn.Dropout(p)
     def forward(self, x, keep):
-        if self.pre_ln:
-            x = x + self.drop(self.attn(self.ln1(x), keep))
-            return x + self.drop(self.ff(self.ln2(x)))
         x = self.ln1(x + self.drop(self.attn(x, keep)))
         return self.ln2(x + self.drop(self.ff(x)))
 
 class Encoder(nn.Module):
     "A BERT encoder: token + position embeddings, LN, dropout, post-LN blocks -> hidden states `(B, L, d)`."
     def __init__(self, vocab_size: int, d: int = 128, layers: int = 2, heads: int = 4, d_ff: int = 512,
-                 max_len: int = 32, p: float = .1, pre_ln: bool = False):
+                 max_len: int = 32, p: float = .1):
         super().__init__()
         self.tok_emb, self.pos_emb = nn.Embedding(vocab_size, d), nn.Embedding(max_len, d)
         self.ln, self.drop = nn.LayerNorm(d, eps=1e-12), nn.Dropout(p)
-        self.blocks = nn.ModuleList(Block(d, heads, d_ff, p, pre_ln) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(d, eps=1e-12) if pre_ln else nn.Identity()
+        self.blocks = nn.ModuleList(Block(d, heads, d_ff, p) for _ in range(layers))
         self.d = d
         self.apply(self._init)
     @staticmethod
@@ -131,7 +126,7 @@ class Encoder(nn.Module):
         keep = (tokens != PAD)[:, None, None, :]                                  # (B, 1, 1, L) keys to attend to
         x = self.drop(self.ln(self.tok_emb(tokens) + self.pos_emb(torch.arange(L, device=tokens.device))))
         for blk in self.blocks: x = blk(x, keep)
-        return self.ln_f(x)
+        return x
 
 def set_dropout(model: nn.Module, p: float) -> nn.Module:
     "Set every dropout rate of `model` (dropout layers and attention-probability dropout) to `p`, in place."
@@ -307,7 +302,7 @@ class AlignUniform:
 # %% ../nbs/41_simcse.ipynb #cff68591
 def new_encoder(cfg: Config, vocab_size: int) -> Encoder:
     "The mini-BERT of configuration `cfg` (untrained)."
-    return Encoder(vocab_size, cfg.d, cfg.layers, cfg.heads, cfg.d_ff, cfg.max_len, cfg.p, cfg.get('pre_ln', False))
+    return Encoder(vocab_size, cfg.d, cfg.layers, cfg.heads, cfg.d_ff, cfg.max_len, cfg.p)
 
 class Take:
     "`n` batches of `batches`, going through it again (a new shuffle) as often as needed."
