@@ -17,8 +17,8 @@ FULL_ESTIMATES_S = {   # from the sizes each page states for its `full` preset (
     '05_resnet': 90, '06_fid': 20, '10_mlp_mixer': 120, '11_resmlp': 60, '12_gmlp': 90, '13_ff_only': 60,
     '14_repmlp': 120, '15_convmixer': 90, '16_mixers_compared': 120,
     '21_improved_ddpm': 120, '22_guidance': 120, '23_sr3': 120, '24_palette': 120,
-    '30_ssl': 25, '31_ssl_baselines': 100, '32_byol': 150, '33_simsiam': 100,
-    '40_clip': 120, '45_byt5': 120, '50_batchnorm': 120,
+    '30_ssl': 25, '31_ssl_baselines': 100, '32_byol': 150, '33_simsiam': 100, '34_directpred': 120, '35_dino': 120,
+    '40_clip': 120, '41_simcse': 120, '45_byt5': 120, '50_batchnorm': 120,
     '60_capsules': 90, '61_flows': 90, '62_glom': 120, '63_lambda': 120, '64_protein': 60, '65_riemannian': 60,
 }
 
@@ -59,8 +59,11 @@ def report(root: Path = ROOT) -> str:
             shown]) + ' |')
     table = ('| notebook | `cpu` | `full` | page shows |\n|---|---|---|---|\n' + '\n'.join(rows) + '\n\n'
              f'Total measured: `cpu` {_m(cpu_total)}; `full` {_m(full_total)}. '
-             f'Estimated `full` (one notebook at a time, pages without a measured run): '
-             f'{_m(sum(FULL_ESTIMATES_S.get(p.stem, 0) for p in unrun))}. A GPU lease of 15 minutes runs what fits '
+             f'Estimated `full` (one notebook at a time) for the {sum(p.stem in FULL_ESTIMATES_S for p in unrun)} '
+             f'pages without a measured run that state their size: '
+             f'{_m(sum(FULL_ESTIMATES_S.get(p.stem, 0) for p in unrun))}'
+             + (f" ({', '.join(p.stem for p in unrun if p.stem not in FULL_ESTIMATES_S)}: no estimate yet)"
+                if any(p.stem not in FULL_ESTIMATES_S for p in unrun) else '') + '. A GPU lease of 15 minutes runs what fits '
              f'(`make course PRESET=full DEADLINE=...`); the runner skips notebooks whose `full` outputs are up to date, '
              f'so the next lease continues where the last one stopped.\n')
     return HEAD + '\n' + table
