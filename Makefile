@@ -9,6 +9,10 @@ TORCH   ?= torch==2.13.0
 PYVER   ?= 3.12
 # what the runner needs on a GPU host beyond python, torch, matplotlib (no ipywidgets: headless runs draw no widget)
 EXEC_PKGS := nbdev==2.4.14 execnb==0.1.18 fastcore==1.14.5 ghapi==1.1.1 einops pyyaml tqdm
+# ...of which the GPU host's image already has these (python3 there: torch, matplotlib, numpy, einops, tqdm, pyyaml...),
+# left out of the wheelhouse, so that the working tree, the wheels and the data travel under 64 MiB. jedi (5 MB) is
+# IPython's tab completion, which a headless run never calls.
+GPU_HOST_HAS := build einops jedi packaging psutil pygments pyproject_hooks pyyaml setuptools six tqdm typing_extensions wheel
 
 .PHONY: help venv data test docs lab course unpack wheelhouse clean
 help:
@@ -43,11 +47,11 @@ lab: venv data
 	@$(BIN)/jupyter lab --ServerApp.root_dir=nbs --LabApp.default_url=/lab/tree/index.ipynb \
 	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
-# ---- executing notebooks: make course [NB=...] [PRESET=cpu|full] [JOBS=n] [DEADLINE=s] [TIMEOUT=s] [PACK=dir] [FORCE=1]
+# ---- executing notebooks: make course [NB=...] [PRESET=cpu|full] [JOBS=n] [DEADLINE=s] [BUDGET=s] [TIMEOUT=s] [PACK=dir] [FORCE=1]
 # Uses .venv where it exists; on a GPU host without internet (a .wheelhouse/ copied from `make wheelhouse`, no .venv)
 # the host's python and torch with the wheelhouse installed into .gpu-site/; on a fresh machine it makes .venv first.
 GPU_SITE := $(CURDIR)/.gpu-site
-COURSE_ARGS = $(NB) $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) \
+COURSE_ARGS = $(NB) $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(BUDGET),--budget $(BUDGET)) \
   $(if $(DEADLINE),--deadline $(DEADLINE)) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(PACK),--pack $(PACK)) \
   $(if $(FORCE),--force)
 OFFLINE_ENV = DL2021_DATA=$${DL2021_DATA:-$(CURDIR)/data/fashion-mnist} \
@@ -73,6 +77,7 @@ wheelhouse: venv data
 	$(BIN)/pip download -q --disable-pip-version-check --only-binary=:all: --python-version $(PYVER) \
 	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
 	  --platform any -d .wheelhouse $(EXEC_PKGS)
+	cd .wheelhouse && rm -f $(foreach p,$(GPU_HOST_HAS),$(p)-*.whl)
 	$(BIN)/python tools/pack_data.py
 	@du -sh .wheelhouse data
 

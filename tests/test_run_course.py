@@ -77,6 +77,54 @@ def test_deadline_starts_nothing_new_and_finishes_cleanly(repo):
     assert check_notebook(later)[0] == 'no outputs'
 
 
+def test_budget_stops_the_run_and_still_packs(repo, tmp_path):
+    "At the budget, notebooks in flight are stopped and left untouched; the finished ones are packed."
+    quick = _write(repo, '05_quick.ipynb', ['print("quick")'])
+    slow = _write(repo, '06_slow.ipynb', ['import time; time.sleep(60)', 'print("never")'])
+    later = _write(repo, '07_later.ipynb', ['print("never")'])
+    before = slow.read_text()
+    t0 = time.perf_counter()
+    r = _course(quick, slow, later, '--budget', '8', '--pack', tmp_path / 'out')
+    assert time.perf_counter() - t0 < 45, 'the budget did not stop the run'
+    assert r.returncode == 1
+    assert 'stopped (budget)' in r.stdout and 'not started (budget)' in r.stdout
+    assert check_notebook(quick)[0] == 'ok'
+    assert slow.read_text() == before and read_provenance(slow) is None
+    assert not list(repo.glob('nbs/_*.part.ipynb'))
+    names = tarfile.open(next((tmp_path / 'out').glob('*.tar.gz'))).getnames()
+    assert 'nbs/05_quick.ipynb' in names and 'nbs/06_slow.ipynb' not in names
+
+
+def test_unpack_keeps_runs_of_other_presets_made_here(repo, tmp_path):
+    "A full run brought back from a GPU host keeps the record of a cpu run made here since the tree was copied."
+    nb = _write(repo, '08_m.ipynb', ['print("m")'])
+    assert _course(nb).returncode == 0
+    runs = repo / 'results' / 'runs' / '08_m.json'
+    remote = json.loads(runs.read_text())
+    remote['runs']['full'] = {**remote['runs']['cpu'], 'preset': 'full', 'device': 'GPU'}
+    remote['outputs'] = 'full'
+    runs.write_text(json.dumps(remote))
+    archives = rc.pack([nb, runs], tmp_path / 'out', root=repo)
+    here = tmp_path / 'here'; (here / 'results' / 'runs').mkdir(parents=True); (here / 'nbs').mkdir()
+    local = {**remote, 'outputs': 'cpu', 'runs': {'cpu': {**remote['runs']['cpu'], 'wall_s': 99.0}}}
+    (here / 'results' / 'runs' / '08_m.json').write_text(json.dumps(local))
+    rc.unpack(archives[0], root=here)
+    got = json.loads((here / 'results' / 'runs' / '08_m.json').read_text())
+    assert got['outputs'] == 'full' and got['runs']['full']['device'] == 'GPU'
+    assert got['runs']['cpu']['wall_s'] == 99.0                                # the newer cpu run made here
+
+
+def test_git_rev_outside_git(tmp_path, monkeypatch):
+    "A copy of the working tree without .git (a GPU host) records the revision it was copied from."
+    import dl2021.results as res
+    monkeypatch.setattr(res, 'repo_root', lambda: tmp_path)
+    monkeypatch.setenv('GIT_CEILING_DIRECTORIES', str(tmp_path.parent))
+    monkeypatch.delenv('DL2021_GIT_REV', raising=False)
+    assert res.git_rev() == 'unknown'
+    monkeypatch.setenv('DL2021_GIT_REV', 'abc1234')
+    assert res.git_rev() == 'abc1234'
+
+
 def test_jobs_run_notebooks_side_by_side(repo, tmp_path):
     log = tmp_path / 'log'
     nbs = [_write(repo, f'0{i}_job.ipynb', [f'import time\nopen({str(log)!r}, "a").write(f"{i} start {{time.time()}}\\n")\n'

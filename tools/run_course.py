@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The course runner behind `make course`: execute many notebooks, write their outputs and provenance back.
 
-    tools/run_course.py [NB ...] [--preset cpu|full] [--jobs N] [--deadline S] [--timeout S] [--force] [--pack DIR]
+    tools/run_course.py [NB ...] [--preset cpu|full] [--jobs N] [--deadline S] [--budget S] [--timeout S] [--force]
+                        [--pack DIR]
     tools/run_course.py --unpack DIR            # apply archives written by --pack to this checkout
 
 - Notebooks run in dependency order (06_fid before the generative notebooks, a chapter before its comparison page),
@@ -10,6 +11,9 @@
 - A notebook whose committed outputs already come from the same preset and the same code is skipped (`--force` runs
   it anyway).
 - `--deadline S`: no notebook starts after S seconds from the first start (after the up-to-date checks); those in flight finish (or hit `--timeout`).
+- `--budget S`: the whole run stops S seconds after the first start: notebooks still in flight are stopped (and left
+  untouched), then the table, the report and the archives are written as usual. On a host with a hard command time
+  limit, a budget under that limit makes sure the finished notebooks come back.
 - `--pack DIR`: writes the executed notebooks, their result records and provenance into at most 8 archives of at
   most 15 MiB each: how a GPU host with no internet and a command time limit sends a run back (`--unpack` here).
 - Prints progress per cell of every notebook, and a table at the end: notebook, preset, device, wall time, status.
@@ -99,6 +103,14 @@ class Job:
                 self.proc.kill(); self.proc.wait(); self.reader.join(5)
                 return 'timeout', wall, ''
             return None
+        return self._finish(rc, wall)
+
+    def stop(self):
+        "Stop the notebook now (the budget is spent): the notebook file is left untouched."
+        self.proc.kill(); self.proc.wait(); self.reader.join(5)
+        return 'stopped (budget)', time.perf_counter() - self.t0, ''
+
+    def _finish(self, rc, wall):
         self.reader.join(5)
         if rc != 0:
             self.log('\n'.join(f'    {l}' for l in self.tail[-25:]))
@@ -109,7 +121,7 @@ class Job:
         return 'ok', rep['wall_s'], rep['device']
 
 
-def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=None):
+def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=None, budget=None):
     "Execute `nbs` (already ordered); returns rows (notebook, preset, device, wall_s, status)."
     lock = threading.Lock()
     def log(msg):
@@ -128,7 +140,16 @@ def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=N
             del running[nb]; finished.add(nb.stem)
             rows[nb.stem] = (nb, preset, dev, wall, status)
             log(f'== {nb.name}: {status} in {wall:.0f} s' + (f' on {dev}' if dev else ''))
-        past = deadline is not None and time.perf_counter() - t_start > deadline
+        elapsed = time.perf_counter() - t_start
+        if budget is not None and elapsed > budget:
+            for nb, job in list(running.items()):
+                res = job.poll() or job.stop()                    # one that just finished still counts
+                del running[nb]; finished.add(nb.stem); rows[nb.stem] = (nb, preset, res[2], res[1], res[0])
+                log(f'== {nb.name}: {res[0]} after {res[1]:.0f} s')
+            for nb in pending: rows[nb.stem] = (nb, preset, '', 0., 'not started (budget)')
+            pending = []
+            break
+        past = deadline is not None and elapsed > deadline
         while pending and len(running) < jobs and not past:
             ready = [nb for nb in pending if all(d in finished or d not in names for d in DEPS.get(nb.stem, []))]
             if not ready: break
@@ -197,6 +218,16 @@ def pack(files, dest: Path, prefix='dl2021-run', root: Path = ROOT) -> list[Path
 ALLOWED = re.compile(r'^(nbs/[0-9][\w.-]*\.ipynb|results/[\w.-]+\.json|results/runs/[\w.-]+\.json)$')
 
 
+def merge_provenance(local: Path, data: bytes) -> bytes:
+    """A provenance record from an archive, merged with the one in this checkout: the archive's record says which run
+    made the outputs it brings (`outputs`); the runs of other presets made here since the archive's tree was copied
+    (a newer `cpu` run, say) are kept."""
+    theirs, ours = json.loads(data), json.loads(local.read_text())
+    for preset, r in ours.get('runs', {}).items():
+        if preset != theirs.get('outputs'): theirs['runs'][preset] = r
+    return (json.dumps(theirs, indent=2, ensure_ascii=False) + '\n').encode()
+
+
 def unpack(src: Path, root: Path = ROOT) -> list[str]:
     "Apply the archives in folder `src` (or one archive) to the checkout at `root`; returns the files written."
     archives = sorted(src.glob('*.tar.gz')) if src.is_dir() else [src]
@@ -212,6 +243,7 @@ def unpack(src: Path, root: Path = ROOT) -> list[str]:
                 data = tar.extractfile(m).read()
                 if hashlib.sha256(data).hexdigest() != manifest[m.name]: raise SystemExit(f'{a.name}: {m.name} is corrupt')
                 dest = root / m.name
+                if m.name.startswith('results/runs/') and dest.exists(): data = merge_provenance(dest, data)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(dest.name + '.part'); tmp.write_bytes(data); os.replace(tmp, dest)
                 written.append(m.name)
@@ -230,6 +262,8 @@ def main(argv=None):
     p.add_argument('--jobs', type=int, default=1, help='notebooks at a time (default 1)')
     p.add_argument('--threads', type=int, help='torch threads per notebook (default: all cores / jobs)')
     p.add_argument('--deadline', type=float, help='seconds after which no notebook starts')
+    p.add_argument('--budget', type=float, help='seconds after which the run stops: notebooks in flight are stopped, '
+                   'the finished ones are reported and packed')
     p.add_argument('--timeout', type=float, help='seconds after which a notebook is stopped (left untouched)')
     p.add_argument('--force', action='store_true', help='run notebooks even if their outputs are up to date')
     p.add_argument('--pack', type=Path, help='write the run into archives in this folder (for make unpack)')
@@ -250,7 +284,7 @@ def main(argv=None):
           f'each, torch {torch.__version__}' + (f', CUDA {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ''),
           flush=True)
     t0 = time.perf_counter()
-    rows = run(nbs, preset, a.jobs, a.deadline, a.timeout, a.force, threads)
+    rows = run(nbs, preset, a.jobs, a.deadline, a.timeout, a.force, threads, a.budget)
     print('\n' + table(rows))
     print(f'total {time.perf_counter() - t0:.0f} s')
     if any(nb.parent == ROOT / 'nbs' for nb in nbs): _report()

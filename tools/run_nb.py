@@ -67,12 +67,14 @@ def run_notebook(path: Path, dest: Path | None = None, progress: bool = False) -
         write_nb(nb, failed)
         sys.stderr.write(shell.prettytb(fname=path) + f'\nPartly executed notebook written to {failed}\n')
         raise SystemExit(1)
-    write_nb(nb, dest)
+    part = dest.with_name(f'_{dest.stem}.part.ipynb')  # written whole, then renamed: a run stopped meanwhile leaves
+    write_nb(nb, part)                                 # the notebook as it was
     try:
         from nbdev.clean import nbdev_clean
-        nbdev_clean.__wrapped__(fname=str(dest))
+        nbdev_clean.__wrapped__(fname=str(part))
     except ImportError:
         print('nbdev is not installed here: run `nbdev_clean` before committing', file=sys.stderr)
+    os.replace(part, dest)
     return wall
 
 
