@@ -64,7 +64,9 @@ def test_failure_leaves_notebook_untouched(repo):
     before = bad.read_text()
     r = _course(bad)
     assert r.returncode == 1 and 'failed' in r.stdout and 'boom' in r.stdout
-    assert bad.read_text() == before and read_provenance(bad) is None
+    assert bad.read_text() == before and check_notebook(bad)[0] == 'no outputs'
+    rec = read_provenance(bad)                                                # only a note of the attempt
+    assert rec['runs'] == {} and rec['attempts']['cpu']['status'] == 'failed' 
 
 
 def test_deadline_starts_nothing_new_and_finishes_cleanly(repo):
@@ -89,10 +91,14 @@ def test_budget_stops_the_run_and_still_packs(repo, tmp_path):
     assert r.returncode == 1
     assert 'stopped (budget)' in r.stdout and 'not started (budget)' in r.stdout
     assert check_notebook(quick)[0] == 'ok'
-    assert slow.read_text() == before and read_provenance(slow) is None
+    assert slow.read_text() == before and check_notebook(slow)[0] == 'no outputs'
+    att = read_provenance(slow)['attempts']['cpu']                          # how far it got, for sizing the next run
+    assert att['status'] == 'stopped (budget)' and 7 < att['wall_s'] < 45
     assert not list(repo.glob('nbs/_*.part.ipynb'))
     names = tarfile.open(next((tmp_path / 'out').glob('*.tar.gz'))).getnames()
-    assert 'nbs/05_quick.ipynb' in names and 'nbs/06_slow.ipynb' not in names
+    assert 'nbs/05_quick.ipynb' in names and 'nbs/06_slow.ipynb' not in names and 'results/runs/06_slow.json' in names
+    slow.write_text(json.dumps(_nb(['print("now quick")'])))                 # a run that finishes drops the note
+    assert _course(slow).returncode == 0 and 'attempts' not in read_provenance(slow)
 
 
 def test_unpack_keeps_runs_of_other_presets_made_here(repo, tmp_path):
@@ -112,6 +118,13 @@ def test_unpack_keeps_runs_of_other_presets_made_here(repo, tmp_path):
     got = json.loads((here / 'results' / 'runs' / '08_m.json').read_text())
     assert got['outputs'] == 'full' and got['runs']['full']['device'] == 'GPU'
     assert got['runs']['cpu']['wall_s'] == 99.0                                # the newer cpu run made here
+    # an archive that brings only an attempt note (the run did not finish there) leaves the record as it is here
+    remote['attempts'] = {'full': {'status': 'stopped (budget)', 'wall_s': 500.0}}
+    runs.write_text(json.dumps(remote))
+    archives = rc.pack([runs], tmp_path / 'out2', root=repo)
+    rc.unpack(archives[0], root=here)
+    got2 = json.loads((here / 'results' / 'runs' / '08_m.json').read_text())
+    assert got2['outputs'] == 'full' and got2['runs'] == got['runs'] and got2['attempts']['full']['wall_s'] == 500.0
 
 
 def test_git_rev_outside_git(tmp_path, monkeypatch):
@@ -134,6 +147,7 @@ def test_jobs_run_notebooks_side_by_side(repo, tmp_path):
     assert r.returncode == 0, r.stdout
     t = {tuple(l.split()[:2]): float(l.split()[2]) for l in log.read_text().splitlines()}
     assert t[('6', 'start')] < t[('5', 'end')] and t[('5', 'start')] < t[('6', 'end')]      # the runs overlap
+    assert read_provenance(nbs[0])['runs']['cpu']['jobs'] == 2          # recorded: they shared the machine
 
 
 def test_pack_and_unpack_round_trip(repo, tmp_path, monkeypatch):

@@ -72,9 +72,37 @@ def up_to_date(nb: Path, preset: str) -> bool:
     return run['code_hash'] == code_hash(nb) and run.get('output_hashes') == output_hashes(nb)
 
 
+def record_attempt(nb: Path, preset: str, status: str, wall: float, device: str, jobs: int):
+    """Note in `nb`'s provenance record that its run at `preset` did not finish (stopped at the budget, timed out or
+    failed): the notebook's outputs are untouched, but how far the run got is what sizes the next one. A later run that
+    finishes at this preset removes the note."""
+    import datetime
+    from dl2021.provenance import read_provenance, provenance_path
+    from dl2021.results import git_rev
+    rec = read_provenance(nb) or {'notebook': nb.name, 'runs': {}}
+    rec.setdefault('attempts', {})[preset] = dict(status=status, wall_s=round(wall, 1), device=device, jobs=jobs,
+                                                  date=datetime.date.today().isoformat(), git_rev=git_rev())
+    _write_record(provenance_path(nb), rec)
+
+
+def _drop_attempt(nb: Path, preset: str):
+    from dl2021.provenance import read_provenance, provenance_path
+    rec = read_provenance(nb)
+    if rec and preset in rec.get('attempts', {}):
+        del rec['attempts'][preset]
+        if not rec['attempts']: del rec['attempts']
+        _write_record(provenance_path(nb), rec)
+
+
+def _write_record(p: Path, rec: dict):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix('.tmp'); tmp.write_text(json.dumps(rec, indent=2, ensure_ascii=False) + '\n', encoding='utf-8')
+    os.replace(tmp, p)
+
+
 class Job:
-    def __init__(self, nb, preset, threads, timeout, log):
-        self.nb, self.preset, self.timeout, self.log = nb, preset, timeout, log
+    def __init__(self, nb, preset, threads, timeout, log, jobs=1):
+        self.nb, self.preset, self.timeout, self.log, self.jobs = nb, preset, timeout, log, jobs
         self.report = Path(tempfile.mkstemp(suffix='.json')[1])
         env = {**os.environ, 'DL2021_PRESET': preset, 'DL2021_PROGRESS': '0', 'MPLBACKEND': 'Agg',
                'PYTHONUNBUFFERED': '1'}
@@ -117,12 +145,15 @@ class Job:
             return 'failed', wall, ''
         rep = json.loads(self.report.read_text())
         from dl2021.provenance import write_provenance
-        write_provenance(self.nb, rep['preset'], rep['device'], rep['wall_s'], rep['torch'])
+        write_provenance(self.nb, rep['preset'], rep['device'], rep['wall_s'], rep['torch'],
+                         jobs=self.jobs)       # notebooks at a time: they share the machine
+        _drop_attempt(self.nb, rep['preset'])
         return 'ok', rep['wall_s'], rep['device']
 
 
-def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=None, budget=None):
-    "Execute `nbs` (already ordered); returns rows (notebook, preset, device, wall_s, status)."
+def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=None, budget=None, device=''):
+    """Execute `nbs` (already ordered); returns rows (notebook, preset, device, wall_s, status). A notebook that does
+    not finish gets an attempt note in its provenance record (on `device`)."""
     lock = threading.Lock()
     def log(msg):
         with lock: print(msg, flush=True)
@@ -137,6 +168,7 @@ def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=N
             res = job.poll()
             if res is None: continue
             status, wall, dev = res
+            if status != 'ok': record_attempt(nb, preset, status, wall, device, jobs)
             del running[nb]; finished.add(nb.stem)
             rows[nb.stem] = (nb, preset, dev, wall, status)
             log(f'== {nb.name}: {status} in {wall:.0f} s' + (f' on {dev}' if dev else ''))
@@ -144,6 +176,7 @@ def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=N
         if budget is not None and elapsed > budget:
             for nb, job in list(running.items()):
                 res = job.poll() or job.stop()                    # one that just finished still counts
+                if res[0] != 'ok': record_attempt(nb, preset, res[0], res[1], device, jobs)
                 del running[nb]; finished.add(nb.stem); rows[nb.stem] = (nb, preset, res[2], res[1], res[0])
                 log(f'== {nb.name}: {res[0]} after {res[1]:.0f} s')
             for nb in pending: rows[nb.stem] = (nb, preset, '', 0., 'not started (budget)')
@@ -160,7 +193,7 @@ def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=N
                 rows[nb.stem] = (nb, preset, '', 0., f'not run ({", ".join(failed_dep)} failed)'); finished.add(nb.stem)
                 continue
             log(f'== {nb.name}: starting at the {preset} preset ({time.perf_counter() - t_start:.0f} s into the run)')
-            running[nb] = Job(nb, preset, threads, timeout, log)
+            running[nb] = Job(nb, preset, threads, timeout, log, jobs)
         if past and pending:
             for nb in pending: rows[nb.stem] = (nb, preset, '', 0., 'not started (deadline)')
             pending = []
@@ -182,6 +215,7 @@ def run_files(rows) -> list[Path]:
     from dl2021.provenance import provenance_path
     files = []
     for nb, preset, dev, wall, status in rows:
+        if status in ('stopped (budget)', 'timeout', 'failed'): files.append(provenance_path(nb))   # the attempt note
         if status != 'ok': continue
         files += [nb, provenance_path(nb)]
         for r in (nb.parent.parent / 'results').glob(f'*.{preset}.json'):
@@ -218,13 +252,19 @@ def pack(files, dest: Path, prefix='dl2021-run', root: Path = ROOT) -> list[Path
 ALLOWED = re.compile(r'^(nbs/[0-9][\w.-]*\.ipynb|results/[\w.-]+\.json|results/runs/[\w.-]+\.json)$')
 
 
-def merge_provenance(local: Path, data: bytes) -> bytes:
-    """A provenance record from an archive, merged with the one in this checkout: the archive's record says which run
-    made the outputs it brings (`outputs`); the runs of other presets made here since the archive's tree was copied
-    (a newer `cpu` run, say) are kept."""
+def merge_provenance(local: Path, data: bytes, brings_notebook: bool) -> bytes:
+    """A provenance record from an archive, merged with the one in this checkout. If the archive brings the notebook, its
+    record says which run made the outputs it brings (`outputs`), and the runs (and attempt notes) of other presets made
+    here since the archive's tree was copied (a newer `cpu` run, say) are kept. If it does not (a run that did not
+    finish there), only its attempt notes are taken."""
     theirs, ours = json.loads(data), json.loads(local.read_text())
-    for preset, r in ours.get('runs', {}).items():
-        if preset != theirs.get('outputs'): theirs['runs'][preset] = r
+    if not brings_notebook:
+        if theirs.get('attempts'): ours.setdefault('attempts', {}).update(theirs['attempts'])
+        return (json.dumps(ours, indent=2, ensure_ascii=False) + '\n').encode()
+    keep = theirs.get('outputs')
+    for field in ('runs', 'attempts'):
+        for preset, r in ours.get(field, {}).items():
+            if preset != keep: theirs.setdefault(field, {})[preset] = r
     return (json.dumps(theirs, indent=2, ensure_ascii=False) + '\n').encode()
 
 
@@ -232,7 +272,10 @@ def unpack(src: Path, root: Path = ROOT) -> list[str]:
     "Apply the archives in folder `src` (or one archive) to the checkout at `root`; returns the files written."
     archives = sorted(src.glob('*.tar.gz')) if src.is_dir() else [src]
     if not archives: raise SystemExit(f'no .tar.gz archive in {src}')
-    written = []
+    written, brought = [], set()
+    for a in archives:                                    # which notebooks the archives bring, over all of them
+        with tarfile.open(a, 'r:gz') as tar:
+            brought |= {Path(n).stem for n in json.loads(tar.extractfile('MANIFEST.json').read()) if n.startswith('nbs/')}
     for a in archives:
         with tarfile.open(a, 'r:gz') as tar:
             manifest = json.loads(tar.extractfile('MANIFEST.json').read())
@@ -243,7 +286,8 @@ def unpack(src: Path, root: Path = ROOT) -> list[str]:
                 data = tar.extractfile(m).read()
                 if hashlib.sha256(data).hexdigest() != manifest[m.name]: raise SystemExit(f'{a.name}: {m.name} is corrupt')
                 dest = root / m.name
-                if m.name.startswith('results/runs/') and dest.exists(): data = merge_provenance(dest, data)
+                if m.name.startswith('results/runs/') and dest.exists():
+                    data = merge_provenance(dest, data, Path(m.name).stem in brought)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(dest.name + '.part'); tmp.write_bytes(data); os.replace(tmp, dest)
                 written.append(m.name)
@@ -284,7 +328,9 @@ def main(argv=None):
           f'each, torch {torch.__version__}' + (f', CUDA {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ''),
           flush=True)
     t0 = time.perf_counter()
-    rows = run(nbs, preset, a.jobs, a.deadline, a.timeout, a.force, threads, a.budget)
+    from dl2021.core import device_name
+    dev = device_name() if preset == 'full' or not threads else f'CPU ({os.cpu_count()} cores, {threads} torch threads)'
+    rows = run(nbs, preset, a.jobs, a.deadline, a.timeout, a.force, threads, a.budget, dev)
     print('\n' + table(rows))
     print(f'total {time.perf_counter() - t0:.0f} s')
     if any(nb.parent == ROOT / 'nbs' for nb in nbs): _report()
