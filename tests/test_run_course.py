@@ -93,7 +93,7 @@ def test_budget_stops_the_run_and_still_packs(repo, tmp_path):
     assert check_notebook(quick)[0] == 'ok'
     assert slow.read_text() == before and check_notebook(slow)[0] == 'no outputs'
     att = read_provenance(slow)['attempts']['cpu']                          # how far it got, for sizing the next run
-    assert att['status'] == 'stopped (budget)' and 7 < att['wall_s'] < 45
+    assert att['status'] == 'stopped (budget)' and 2 < att['wall_s'] < 45
     assert not list(repo.glob('nbs/_*.part.ipynb'))
     names = tarfile.open(next((tmp_path / 'out').glob('*.tar.gz'))).getnames()
     assert 'nbs/05_quick.ipynb' in names and 'nbs/06_slow.ipynb' not in names and 'results/runs/06_slow.json' in names
