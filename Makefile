@@ -69,7 +69,7 @@ course:
 # apply the archives a `make course PACK=dir` run wrote (e.g. on a GPU host) to this checkout
 unpack:
 	@test -n "$(PACK)" || { echo "usage: make unpack PACK=folder-or-archive"; exit 2; }
-	$(PYTHON) tools/run_course.py --unpack $(PACK)
+	@$$([ -x $(BIN)/python ] && echo $(BIN)/python || echo $(PYTHON)) tools/run_course.py --unpack $(PACK)
 
 # Prepare a GPU host with no internet, here (with the registries): the executor's wheels for its Python and the data.
 wheelhouse: venv data

@@ -30,15 +30,16 @@ def results_dir() -> Path:
 def git_rev() -> str:
     """Short hash of the checked-out commit, with '-dirty' if tracked code differs from it. Notebooks and `results/` do not
     count: a course run rewrites them as it goes (a notebook's own code is covered by the code hash of its provenance
-    record). Outside git (a copy of the working tree on a GPU host): `$DL2021_GIT_REV`, the revision it was copied from,
-    else 'unknown'."""
+    record). `$DL2021_GIT_REV`, where set, wins: a copy of the working tree on a GPU host may sit on another commit's
+    .git (or on none), and the command that sent it names the revision it was copied from. Outside git: 'unknown'."""
+    if os.environ.get('DL2021_GIT_REV'): return os.environ['DL2021_GIT_REV']
     try:
         root = repo_root()
         rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.', ':!nbs/*.ipynb',
                                 ':!results'], cwd=root, capture_output=True, text=True).stdout.strip()
         return rev + ('-dirty' if dirty else '')
-    except (OSError, subprocess.CalledProcessError): return os.environ.get('DL2021_GIT_REV') or 'unknown'
+    except (OSError, subprocess.CalledProcessError): return 'unknown'
 
 def slug(s: str) -> str:
     "A file-name-safe lower-case version of `s`."

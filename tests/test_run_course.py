@@ -128,13 +128,15 @@ def test_unpack_keeps_runs_of_other_presets_made_here(repo, tmp_path):
 
 
 def test_git_rev_outside_git(tmp_path, monkeypatch):
-    "A copy of the working tree without .git (a GPU host) records the revision it was copied from."
+    "A copy of the working tree on a GPU host (without .git, or on another commit's) records the revision it was copied from."
     import dl2021.results as res
     monkeypatch.setattr(res, 'repo_root', lambda: tmp_path)
     monkeypatch.setenv('GIT_CEILING_DIRECTORIES', str(tmp_path.parent))
     monkeypatch.delenv('DL2021_GIT_REV', raising=False)
     assert res.git_rev() == 'unknown'
     monkeypatch.setenv('DL2021_GIT_REV', 'abc1234')
+    assert res.git_rev() == 'abc1234'
+    monkeypatch.setattr(res, 'repo_root', lambda: ROOT)                     # inside git too: the variable wins
     assert res.git_rev() == 'abc1234'
 
 
