@@ -315,7 +315,7 @@ def ssl_budget(name: str | None = None, **overrides):
                    n_bank=300, n_query=100, n_mon_bank=100, n_mon_query=50, n_probe=32, every=2, probe_epochs=1, probe_bs=64),
         cpu=dict(n_train=16_384, bs=64, epochs=1, widths=(16, 32, 64, 128), proj_hidden=256, proj_dim=128, pred_hidden=64,
                  n_bank=10_000, n_query=2_000, n_mon_bank=2_000, n_mon_query=500, n_probe=512, every=32, probe_epochs=20, probe_bs=256),
-        full=dict(n_train=None, bs=512, epochs=8, widths=(32, 64, 128, 256), proj_hidden=1024, proj_dim=256, pred_hidden=128,
+        full=dict(n_train=None, bs=512, epochs=3, widths=(32, 64, 128, 256), proj_hidden=1024, proj_dim=256, pred_hidden=128,
                   n_bank=None, n_query=None, n_mon_bank=5_000, n_mon_query=1_000, n_probe=1024, every=100, probe_epochs=30, probe_bs=1024),
         name=name, lr=2e-3, wd=1e-4, k=200, T=0.07, seed=0)
     cfg.update(overrides)
