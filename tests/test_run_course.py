@@ -59,6 +59,15 @@ def test_run_writes_outputs_and_provenance_then_skips(repo):
     assert r3.returncode == 0 and 'skipped' not in r3.stdout.split('notebook')[-1]
 
 
+def test_runs_record_models_loaded_from_the_cache(repo):
+    "A run that loads trained models from the checkpoint cache says so: its wall time leaves out their training."
+    nb = _write(repo, '09_c.ipynb', [f'print("demo: {rc.CACHE_HIT} (demo.pt)")', 'print("trained")'])
+    assert _course(nb).returncode == 0
+    assert read_provenance(nb)['runs']['cpu']['cached_models'] == 1
+    import inspect, dl2021.train
+    assert rc.CACHE_HIT in inspect.getsource(dl2021.train.cached)           # the message the runner looks for
+
+
 def test_failure_leaves_notebook_untouched(repo):
     bad = _write(repo, '02_bad.ipynb', ['print(1)', 'raise RuntimeError("boom")'])
     before = bad.read_text()

@@ -94,6 +94,16 @@ def _drop_attempt(nb: Path, preset: str):
         _write_record(provenance_path(nb), rec)
 
 
+CACHE_HIT = 'loaded from the checkpoint cache'      # what `dl2021.train.cached` prints when it skips training
+
+
+def cached_models(nb: Path) -> int:
+    """How many models notebook `nb` loaded from the checkpoint cache instead of training them in this run (from its
+    outputs): its wall time then leaves out their training, which an earlier run (often an earlier notebook) paid."""
+    cells = json.loads(nb.read_text()).get('cells', [])
+    return sum(''.join(o.get('text', '')).count(CACHE_HIT) for c in cells for o in c.get('outputs', []))
+
+
 def _write_record(p: Path, rec: dict):
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix('.tmp'); tmp.write_text(json.dumps(rec, indent=2, ensure_ascii=False) + '\n', encoding='utf-8')
@@ -146,7 +156,8 @@ class Job:
         rep = json.loads(self.report.read_text())
         from dl2021.provenance import write_provenance
         write_provenance(self.nb, rep['preset'], rep['device'], rep['wall_s'], rep['torch'],
-                         jobs=self.jobs)       # notebooks at a time: they share the machine
+                         jobs=self.jobs,       # notebooks at a time: they share the machine
+                         cached_models=cached_models(self.nb))
         _drop_attempt(self.nb, rep['preset'])
         return 'ok', rep['wall_s'], rep['device']
 
