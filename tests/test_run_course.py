@@ -199,3 +199,13 @@ def test_unpack_refuses_other_paths(tmp_path):
             info = tarfile.TarInfo(name); info.size = len(data); tar.addfile(info, io.BytesIO(data))
     with pytest.raises(SystemExit, match='refusing'): rc.unpack(a, root=tmp_path)
     assert not (tmp_path / 'dl2021').exists()
+
+
+def test_wheelhouse_keeps_what_the_runner_needs():
+    "`make wheelhouse` leaves out what the GPU host's image has, never the executor's own packages."
+    mk = (ROOT / 'Makefile').read_text()
+    host_has = set(mk.split('GPU_HOST_HAS :=')[1].split('\n')[0].split())
+    for needed in ('nbdev', 'execnb', 'fastcore', 'ghapi', 'ipython', 'traitlets'):
+        assert needed not in host_has
+    r = subprocess.run(['make', '-n', 'wheelhouse'], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and 'cd .wheelhouse && rm -f' in r.stdout and 'jedi-*.whl' in r.stdout
