@@ -51,11 +51,12 @@ notebooks shared the GPU.
 def _m(s): return f'{s / 60:.1f} min'
 
 
-def _run(r, with_rev=True):
-    "How a run is described in the table: device, date, [rev], [n at a time]."
+def _run(r, with_rev=True, code=None):
+    "How a run is described in the table: device, date, [rev], [n at a time], [models from the cache], [older code]."
     bits = [r['device'], r['date']] + ([f"rev {r['git_rev']}"] if with_rev else [])
     if r.get('jobs', 1) > 1: bits.append(f"{r['jobs']} at a time")
     if r.get('cached_models'): bits.append(f"{r['cached_models']} model{'s' * (r['cached_models'] > 1)} from the cache")
+    if code and r.get('code_hash') != code: bits.append('older code: the notebook changed since')
     return ', '.join(bits)
 
 
@@ -68,7 +69,7 @@ def _unfinished(est, rec) -> str:
 
 
 def report(root: Path = ROOT) -> str:
-    from dl2021.provenance import read_provenance
+    from dl2021.provenance import read_provenance, code_hash
     rows, cpu_total, full_total, unrun, chapters = [], 0., 0., [], {}
     for nb in sorted((root / 'nbs').glob('[0-9]*.ipynb')):
         rec = read_provenance(nb) or {'runs': {}}
@@ -82,8 +83,8 @@ def report(root: Path = ROOT) -> str:
         shown = f"outputs from `{rec['outputs']}`" if rec.get('outputs') else 'not executed yet'
         rows.append('| ' + ' | '.join([
             nb.name,
-            f"{_m(cpu['wall_s'])} ({_run(cpu)})" if cpu else '—',
-            f"{_m(full['wall_s'])} ({_run(full, with_rev=False)})" if full else _unfinished(est, rec),
+            f"{_m(cpu['wall_s'])} ({_run(cpu, code=code_hash(nb))})" if cpu else '—',
+            f"{_m(full['wall_s'])} ({_run(full, with_rev=False, code=code_hash(nb))})" if full else _unfinished(est, rec),
             shown]) + ' |')
     table = ('| notebook | `cpu` | `full` | page shows |\n|---|---|---|---|\n' + '\n'.join(rows) + '\n\n'
              f'Total measured (sum of the notebooks\' times): `cpu` {_m(cpu_total)}; `full` {_m(full_total)}. '
