@@ -17,6 +17,8 @@ sys.path.insert(0, str(ROOT))
 FULL_ESTIMATES_S = {   # from the sizes each page states for its `full` preset (per run × runs where it states per run)
     '05_resnet': 90, '06_fid': 20, '10_mlp_mixer': 120, '11_resmlp': 60, '12_gmlp': 90, '13_ff_only': 60,
     '14_repmlp': 120, '15_convmixer': 90, '16_mixers_compared': 120,
+    '20_ddpm': 180,   # FLOPs of the resized U-Net (training 0.9 PFLOP, 1000-step FID 1.3) at the first run's 7-17 TFLOP/s
+    '36_ssl_compared': 15,   # reads the chapter's records and plots them
     '21_improved_ddpm': 120, '22_guidance': 120, '23_sr3': 120, '24_palette': 120,
     '30_ssl': 25, '31_ssl_baselines': 100, '32_byol': 150, '33_simsiam': 100, '34_directpred': 120, '35_dino': 120,
     '40_clip': 120, '41_simcse': 120, '45_byt5': 120, '50_batchnorm': 120,
