@@ -149,6 +149,16 @@ def test_git_rev_outside_git(tmp_path, monkeypatch):
     assert res.git_rev() == 'abc1234'
 
 
+def test_timeout_stops_one_notebook_and_the_run_goes_on(repo):
+    slow = _write(repo, '10_slow.ipynb', ['import time; time.sleep(60)'])
+    after = _write(repo, '11_after.ipynb', ['print("after")'])
+    before = slow.read_text()
+    r = _course(slow, after, '--timeout', '3')
+    assert r.returncode == 1 and 'timeout' in r.stdout
+    assert slow.read_text() == before and read_provenance(slow)['attempts']['cpu']['status'] == 'timeout'
+    assert check_notebook(after)[0] == 'ok'
+
+
 def test_jobs_run_notebooks_side_by_side(repo, tmp_path):
     log = tmp_path / 'log'
     nbs = [_write(repo, f'0{i}_job.ipynb', [f'import time\nopen({str(log)!r}, "a").write(f"{i} start {{time.time()}}\\n")\n'

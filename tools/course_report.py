@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # Estimated wall time of the `full` preset on one H100 (seconds), from each notebook's CPU throughput and the size of
-# its full preset, made before any GPU run; shown until a GPU run replaces it with a measurement. The report compares
-# them with the measurements where both exist (the first H100 run found them optimistic), so read them as lower bounds.
+# its full preset, made before any GPU run (20 and 36 after it); shown until a GPU run replaces it with a measurement.
+# The report compares them with the measurements where both exist (the first H100 run found them optimistic). The
+# pages whose presets were made smaller after that run (15, 20-24, 30-35, 61, 65) keep the estimate of their old size.
 FULL_ESTIMATES_S = {   # from the sizes each page states for its `full` preset (per run × runs where it states per run)
     '05_resnet': 90, '06_fid': 20, '10_mlp_mixer': 120, '11_resmlp': 60, '12_gmlp': 90, '13_ff_only': 60,
     '14_repmlp': 120, '15_convmixer': 90, '16_mixers_compared': 120,
@@ -44,9 +45,8 @@ preset (the `cpu` column on the 2-core CPU named in the record; the `full` colum
 made, the estimate of the `full` preset on one H100 is shown instead, marked *est.* "n at a time": the runner ran n
 notebooks side by side on that machine (`--jobs`), so each one's time is longer than it would be alone. "n models
 from the cache": the run loaded n trained models from the checkpoint cache (often trained by an earlier notebook of
-the chapter), so its time leaves out their training. The console
-logs of the GPU runs are in `runs/logs/`; the first ones predate the `jobs` field, and their first line says how many
-notebooks shared the GPU.
+the chapter), so its time leaves out their training. The console logs of the GPU runs are in `runs/logs/`; the first
+ones predate the `jobs` field, and their first line says how many notebooks shared the GPU.
 """
 
 
@@ -72,7 +72,7 @@ def _unfinished(est, rec) -> str:
 
 def report(root: Path = ROOT) -> str:
     from dl2021.provenance import read_provenance, code_hash
-    rows, cpu_total, full_total, unrun, chapters = [], 0., 0., [], {}
+    rows, cpu_total, full_total, unrun, chapters, pairs = [], 0., 0., [], {}, []
     for nb in sorted((root / 'nbs').glob('[0-9]*.ipynb')):
         rec = read_provenance(nb) or {'runs': {}}
         cpu, full = rec['runs'].get('cpu'), rec['runs'].get('full')
@@ -82,6 +82,7 @@ def report(root: Path = ROOT) -> str:
         if full: full_total += full['wall_s']; ch['full'] += full['wall_s']; ch['full_n'] += 1
         else: unrun.append(nb)
         est = FULL_ESTIMATES_S.get(nb.stem)
+        if full and est: pairs.append((full['wall_s'] / est, nb.stem))      # how the estimates held up
         shown = f"outputs from `{rec['outputs']}`" if rec.get('outputs') else 'not executed yet'
         rows.append('| ' + ' | '.join([
             nb.name,
@@ -97,9 +98,7 @@ def report(root: Path = ROOT) -> str:
                 if any(p.stem not in FULL_ESTIMATES_S for p in unrun) else '') + '. A GPU lease of 15 minutes runs what fits '
              f'(`make course PRESET=full DEADLINE=...`); the runner skips notebooks whose `full` outputs are up to date, '
              f'so the next lease continues where the last one stopped.\n')
-    pairs = sorted((r['runs']['full']['wall_s'] / FULL_ESTIMATES_S[nb.stem], nb.stem) for nb in
-                   sorted((root / 'nbs').glob('[0-9]*.ipynb')) if nb.stem in FULL_ESTIMATES_S
-                   for r in [read_provenance(nb) or {'runs': {}}] if 'full' in r['runs'])
+    pairs.sort()
     if pairs:
         table += (f'\nThe estimates against the measurements, for the {len(pairs)} notebooks that have both: measured / '
                   f'estimated = {pairs[0][0]:.1f}× ({pairs[0][1]}) to {pairs[-1][0]:.1f}× ({pairs[-1][1]}), median '

@@ -137,16 +137,14 @@ class Job:
         rc = self.proc.poll()
         wall = time.perf_counter() - self.t0
         if rc is None:
-            if self.timeout and wall > self.timeout:
-                self.proc.kill(); self.proc.wait(); self.reader.join(5)
-                return 'timeout', wall, ''
+            if self.timeout and wall > self.timeout: return self.stop('timeout')
             return None
         return self._finish(rc, wall)
 
-    def stop(self):
-        "Stop the notebook now (the budget is spent): the notebook file is left untouched."
+    def stop(self, status='stopped (budget)'):
+        "Stop the notebook now (its timeout, or the run's budget): the notebook file is left untouched."
         self.proc.kill(); self.proc.wait(); self.reader.join(5)
-        return 'stopped (budget)', time.perf_counter() - self.t0, ''
+        return status, time.perf_counter() - self.t0, ''
 
     def _finish(self, rc, wall):
         self.reader.join(5)
