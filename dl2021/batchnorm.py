@@ -49,8 +49,9 @@ class BatchNorm2d(nn.Module):
     def forward(self, x):                                            # (B, C, H, W) -> (B, C, H, W)
         if self.stats not in ('auto', 'batch', 'population'):
             raise ValueError(f"stats must be 'auto', 'batch' or 'population', not {self.stats!r}")
+        dtype, x = x.dtype, x.float()                                # statistics in float32, also under bf16 autocast
         if not (self.stats == 'batch' or (self.stats == 'auto' and self.training)):
-            return self._affine(x, self.running_mean, self.running_var, (1, -1, 1, 1))
+            return self._affine(x, self.running_mean, self.running_var, (1, -1, 1, 1)).to(dtype)
         B, C, H, W = x.shape
         nbs = self.nbs or B
         perm = torch.randperm(B, device=x.device) if self.shuffle and self.training else None
@@ -64,7 +65,7 @@ class BatchNorm2d(nn.Module):
                 self.running_mean.lerp_(mean.mean(0), self.momentum)                  # μ ← λμ + (1-λ)μ_B
                 self.running_var.lerp_(var.mean(0) * n / (n - 1), self.momentum)      # unbiased σ²_B
                 self.num_batches_tracked += 1
-        return y
+        return y.to(dtype)                                           # the input's dtype, as nn.BatchNorm2d returns
 
     def extra_repr(self):
         return f'{self.num_features}, momentum={self.momentum}, nbs={self.nbs}, shuffle={self.shuffle}, stats={self.stats!r}'
@@ -141,7 +142,7 @@ class BNStatsEMA:
     def _hook(self, k):
         def f(mod, inp):
             if not mod.training or getattr(mod, 'stats', 'auto') != 'auto': return
-            x = inp[0].detach()
+            x = inp[0].detach().float()
             nbs = getattr(mod, 'nbs', None) or len(x)
             mean, var = batch_stats(x, nbs)
             n = nbs * x.shape[2] * x.shape[3]

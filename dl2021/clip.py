@@ -355,7 +355,7 @@ CLIP_PRESETS = dict(
                text_heads=2, embed_dim=16),
     cpu=dict(n_pairs=122_880, epochs=1, bs=256, lr=4e-3, vision_widths=(16, 32, 64, 128), vision_heads=4, text_width=96,
              text_layers=2, text_heads=4, embed_dim=96),
-    full=dict(n_pairs=262_144, epochs=8, bs=1024, lr=2e-3, vision_widths=(32, 64, 128, 256), vision_heads=8,
+    full=dict(n_pairs=131_072, epochs=3, bs=1024, lr=2e-3, vision_widths=(32, 64, 128, 256), vision_heads=8,
               text_width=256, text_layers=4, text_heads=8, embed_dim=256),
     lr=4e-3, wd=0.1, seed=0, context_length=24, init_temperature=.07, max_logit_scale=100., world='v2')
 

@@ -344,7 +344,7 @@ CHAPTER_RECIPES = {
     'cpu': dict(img_size=28, ch=32, ch_mult=(1, 2, 2), n_res=1, attn_res=(), mid_attn=False, dropout=0., schedule='cosine',
                 T=1000, n_train=48_000, bs=64, epochs=1, lr=2e-3, ema=0.995, grad_clip=1., bf16=True),
     'full': dict(img_size=28, ch=32, ch_mult=(1, 2, 2), n_res=2, attn_res=(14,), mid_attn=True, dropout=0.1, schedule='cosine',
-                 T=1000, n_train=None, bs=256, epochs=8, lr=2e-3, ema=0.999, grad_clip=1., bf16=True),
+                 T=1000, n_train=None, bs=256, epochs=3, lr=2e-3, ema=0.999, grad_clip=1., bf16=True),
 }
 _ARCH = ('img_size', 'ch', 'ch_mult', 'n_res', 'attn_res', 'mid_attn', 'dropout')
 

@@ -2,7 +2,7 @@
 
 # %% ../nbs/02_train.ipynb #cdc3ca4d
 from __future__ import annotations
-import copy, hashlib, json, math, os, sys, tempfile, time
+import contextlib, copy, hashlib, json, math, os, sys, tempfile, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,8 @@ from .core import plot_curves, sync
 
 # %% auto #0
 __all__ = ['NO_DECAY_NAMES', 'supervised_step', 'NonFiniteLoss', 'EMA', 'save_checkpoint', 'load_checkpoint', 'checkpoint_dir',
-           'config_hash', 'cache_path', 'cached', 'History', 'evaluate', 'param_groups', 'onecycle', 'fit']
+           'config_hash', 'cache_path', 'training_lock', 'cached', 'History', 'evaluate', 'param_groups', 'onecycle',
+           'fit']
 
 # %% ../nbs/02_train.ipynb #9e4a75c4
 def supervised_step(model: nn.Module, batch, label_smoothing: float = 0.) -> dict:
@@ -99,18 +100,55 @@ def cache_path(name: str, config: dict) -> Path:
     "Where `cached` keeps the model `name` trained with `config`."
     return checkpoint_dir() / f'{name}-{config_hash(config)}.pt'
 
+def _alive(pid: int) -> bool:
+    "Whether process `pid` (on this machine) is running."
+    if pid <= 0: return False
+    if os.name == 'nt': return True                      # no cheap check there: the lock's timeout decides
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+@contextlib.contextmanager
+def training_lock(path: Path, timeout: float = 4 * 3600., poll: float = 2.):
+    """Hold the lock of cache entry `path` (the file `path.lock`, holding this process's pid) while training its model.
+    Another process that needs the same entry waits for the lock, then finds the checkpoint. A lock whose process is
+    gone (a stopped run) is taken over; after `timeout` seconds of waiting, `TimeoutError` names the lock file."""
+    lock = path.with_name(path.name + '.lock')
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    t0, told = time.monotonic(), False
+    while True:
+        try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try: pid, age = int(lock.read_text() or 0), time.time() - lock.stat().st_mtime
+            except (OSError, ValueError): continue           # just released, or being written
+            if (pid and not _alive(pid)) or (not pid and age > 60):
+                lock.unlink(missing_ok=True); continue       # its owner died: take it over
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f'{lock} has been held by process {pid} for over {timeout:.0f} s: '
+                                   f'if no process is training that model, delete the file')
+            if not told: print(f'{path.name}: process {pid} is training this model; waiting for it'); told = True
+            time.sleep(poll); continue
+        with os.fdopen(fd, 'w') as f: f.write(str(os.getpid()))
+        break
+    try: yield
+    finally: lock.unlink(missing_ok=True)
+
 def cached(name: str, config: dict, model: nn.Module, train, retrain: bool = False) -> dict:
     """Load `model`'s weights from the cache entry for (`name`, `config`), or call `train(model) -> meta` (a plain dict),
-    save the trained weights with `meta`, and return `meta` (with `cached` telling which happened)."""
+    save the trained weights with `meta`, and return `meta` (with `cached` telling which happened). Processes sharing the
+    cache (notebooks run side by side) train each entry once: one trains, the others wait for it (`training_lock`)."""
     path = cache_path(name, config)
-    if path.exists() and not retrain:
-        meta = load_checkpoint(path, model, map_location=next(model.parameters()).device)
-        print(f'{name}: loaded from the checkpoint cache ({path.name}; trained in {meta.get("train_s", float("nan")):.0f} s '
-              f'on {meta.get("device", "?")})')
-        return {**meta, 'cached': True}
-    meta = dict(train(model) or {})
-    save_checkpoint(path, model, config=json.loads(json.dumps(config, default=str)), **meta)
-    return {**meta, 'cached': False}
+    if retrain or not path.exists():
+        with training_lock(path):
+            if retrain or not path.exists():                 # (or another process trained it while we waited)
+                meta = dict(train(model) or {})
+                save_checkpoint(path, model, config=json.loads(json.dumps(config, default=str)), **meta)
+                return {**meta, 'cached': False}
+    meta = load_checkpoint(path, model, map_location=next(model.parameters()).device)
+    print(f'{name}: loaded from the checkpoint cache ({path.name}; trained in {meta.get("train_s", float("nan")):.0f} s '
+          f'on {meta.get("device", "?")})')
+    return {**meta, 'cached': True}
 
 # %% ../nbs/02_train.ipynb #24b9c361
 def _want_progress() -> bool:

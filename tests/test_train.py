@@ -64,3 +64,29 @@ def test_ema_tracks_and_evaluates(split):
     assert ema.n == len(split) // 100
     assert not torch.equal(ema.module[0].weight, m[0].weight)
     assert h.last['valid_acc'] == pytest.approx(evaluate(ema.module, split.batches(300))['acc'])
+
+
+_TRAIN_ONCE = r'''
+import sys, time, torch
+from torch import nn
+from dl2021.train import cached
+def train(m):
+    print('TRAINING', flush=True); time.sleep(1.5)
+    with torch.no_grad(): m.weight.fill_(float(sys.argv[1]))
+    return {'train_s': 1.5}
+meta = cached('shared', {'k': 1}, nn.Linear(2, 2), train)
+print('CACHED' if meta['cached'] else 'TRAINED', flush=True)
+'''
+
+
+def test_cache_entry_is_trained_once_by_concurrent_processes(tmp_path):
+    "Two processes that need the same cache entry at once: one trains it, the other waits for the lock and loads it."
+    import os, subprocess, sys
+    env = {**os.environ, 'DL2021_CHECKPOINTS': str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, '-c', _TRAIN_ONCE, str(v)], env=env, stdout=subprocess.PIPE, text=True)
+             for v in (1, 2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum(o.count('TRAINING') for o in outs) == 1, outs
+    assert sorted(o.strip().splitlines()[-1] for o in outs) == ['CACHED', 'TRAINED'], outs
+    assert not list(tmp_path.glob('*.lock'))

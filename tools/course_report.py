@@ -12,18 +12,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # Estimated wall time of the `full` preset on one H100 (seconds), from each notebook's CPU throughput and the size of
-# its full preset, made before any GPU run (20 and 36 after it); shown until a GPU run replaces it with a measurement.
-# The report compares them with the measurements where both exist (the first H100 run found them optimistic). The
-# pages whose presets were made smaller after that run (15, 20-24, 30-35, 61, 65) keep the estimate of their old size.
+# its full preset, made before any GPU run; shown until a GPU run replaces it with a measurement. The report compares
+# them with the measurements where both exist (the first H100 runs found them optimistic). The pages resized after the
+# GPU runs stopped them (16, 20-22, 24, 40, 45, 50, 61, 62, 65) have estimates scaled from those runs instead: the time
+# their stopped cells had taken (in the logs, eight notebooks sharing the GPU) times the size reduction, plus what the
+# run never reached — so these are for eight at a time, and rough. Pages already measured keep their first estimate.
 FULL_ESTIMATES_S = {   # from the sizes each page states for its `full` preset (per run × runs where it states per run)
     '05_resnet': 90, '06_fid': 20, '10_mlp_mixer': 120, '11_resmlp': 60, '12_gmlp': 90, '13_ff_only': 60,
-    '14_repmlp': 120, '15_convmixer': 90, '16_mixers_compared': 120,
-    '20_ddpm': 180,   # FLOPs of the resized U-Net (training 0.9 PFLOP, 1000-step FID 1.3) at the first run's 7-17 TFLOP/s
+    '14_repmlp': 120, '15_convmixer': 90,
+    '16_mixers_compared': 200,  # the curve: 20 epochs took 200 s, now 12; then one more seed of 4-6 epochs
+    '20_ddpm': 240,     # training: 8 epochs took 474 s, now 3; the 1000-step grid took 22 s; then the 2,048-sample FID
+    '21_improved_ddpm': 300, '22_guidance': 300,   # one U-Net like 20's each (beside 20), then their evaluations
+    '23_sr3': 120,
+    '24_palette': 240,  # three U-Nets at 32 px: 4 epochs each had not finished in 520 s, now 1 each
     '36_ssl_compared': 15,   # reads the chapter's records and plots them
-    '21_improved_ddpm': 120, '22_guidance': 120, '23_sr3': 120, '24_palette': 120,
     '30_ssl': 25, '31_ssl_baselines': 100, '32_byol': 150, '33_simsiam': 100, '34_directpred': 120, '35_dino': 120,
-    '40_clip': 120, '41_simcse': 120, '45_byt5': 120, '50_batchnorm': 120,
-    '60_capsules': 90, '61_flows': 90, '62_glom': 120, '63_lambda': 120, '64_protein': 60, '65_riemannian': 60,
+    '40_clip': 240,     # 2,048 steps had not finished in 515 s, now 384
+    '41_simcse': 120,
+    '45_byt5': 300,     # pre-training 216 s and fine-tuning 108 s for twice the steps; the noise grid never finished
+    '50_batchnorm': 240,   # a guess: the first run stopped at a bf16 error before training
+    '60_capsules': 90,
+    '61_flows': 150,    # 8 epochs had not finished in 240 s, now 3
+    '62_glom': 180,     # 10 epochs had not finished in 240 s, now 5
+    '63_lambda': 120, '64_protein': 60,
+    '65_riemannian': 120,  # now on the CPU: the cpu page takes 48 s at half the epochs
 }
 
 # The chapters, by the notebooks' first digit (as in the sidebar), for the subtotals.

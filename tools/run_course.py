@@ -27,9 +27,11 @@ sys.path.insert(0, str(ROOT))
 PACK_LIMIT = 15 * 2**20          # bytes per archive
 PACK_FILES = 8                   # archives at most
 
-# Which notebooks must run before which (their outputs or cached models are read by the later ones).
+# Which notebooks must run before which (their outputs or cached models are read by the later ones). 21 and 22 also
+# use 20's model, but they train their own models first and the checkpoint cache makes them wait for one that another
+# notebook is training (`dl2021.train.training_lock`), so they start beside 20 instead of after it.
 DEPS = {
-    '20_ddpm': ['06_fid'], '21_improved_ddpm': ['06_fid', '20_ddpm'], '22_guidance': ['06_fid', '20_ddpm'],
+    '20_ddpm': ['06_fid'], '21_improved_ddpm': ['06_fid'], '22_guidance': ['06_fid'],
     '23_sr3': ['06_fid'], '24_palette': ['06_fid'],
     '16_mixers_compared': ['05_resnet', '10_mlp_mixer', '11_resmlp', '12_gmlp', '13_ff_only', '14_repmlp',
                            '15_convmixer'],
