@@ -15,7 +15,7 @@ __all__ = ['SPACINGS', 'CHAPTER_RECIPES', 'linear_betas', 'cosine_betas', 'Sched
            'predict_x0', 'predict_eps', 'timestep_embedding', 'norm', 'zero_init', 'TimestepResBlock', 'SelfAttention',
            'Downsample', 'Upsample', 'UNet', 'ddpm_loss', 'cpu_autocast', 'make_diffusion_step', 'learned_log_variance',
            'as_eps_fn', 'ddpm_sample', 'respaced_steps', 'respace', 'ddim_sample', 'make_schedule', 'make_unet',
-           'fit_cached', 'chapter_unet', 'sample_many']
+           'seeded_unet', 'fit_cached', 'chapter_unet', 'sample_many']
 
 # %% ../nbs/20_ddpm.ipynb #451c168a
 def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
@@ -358,6 +358,13 @@ def make_unet(recipe: dict, c_in: int = 1, c_out: int = 1, n_classes: int | None
     "The recipe's U-Net (untrained)."
     return UNet(c_in=c_in, c_out=c_out, n_classes=n_classes, **{k: recipe[k] for k in _ARCH})
 
+def seeded_unet(recipe: dict, seed: int, **kw) -> UNet:
+    """`make_unet(recipe, **kw)` with initial weights drawn from `seed` alone, not from the caller's random state (which
+    it leaves as it was): a shared cache entry then holds the same model whichever notebook trains it first."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make_unet(recipe, **kw)
+
 def fit_cached(name: str, key: dict, model: nn.Module, step, recipe: dict, seed: int = 0, compile: bool = False,
                log: bool = True) -> dict:
     """Train `model` with `fit` and `step` on the Fashion-MNIST training images as `recipe` says (n_train, bs, epochs, lr,
@@ -380,7 +387,7 @@ def chapter_unet(recipe: dict, loss: str = 'L_simple', loss_fn=ddpm_loss, c_out:
     eval mode, from the checkpoint cache or trained once with `fit` and cached. Returns (model, meta with train_s, losses, …)."""
     if loss == 'L_simple' and loss_fn is not ddpm_loss: raise ValueError('a custom loss_fn needs its own name: pass loss=...')
     device = torch.device(device) if device is not None else torch.device('cpu')
-    model = make_unet(recipe, c_out=c_out, n_classes=n_classes).to(device)
+    model = seeded_unet(recipe, seed, c_out=c_out, n_classes=n_classes).to(device)
     step = make_diffusion_step(make_schedule(recipe), loss_fn, labels=n_classes is not None, p_uncond=p_uncond, bf16=recipe['bf16'])
     name = 'unet-' + re.sub(r'[^a-z0-9]+', '-', loss.lower()).strip('-') + ('-cond' if n_classes is not None else '')
     key = dict(loss=loss, c_out=c_out, n_classes=n_classes, p_uncond=p_uncond)
