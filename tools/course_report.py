@@ -103,7 +103,8 @@ def report(root: Path = ROOT) -> str:
             shown]) + ' |')
     table = ('| notebook | `cpu` | `full` | page shows |\n|---|---|---|---|\n' + '\n'.join(rows) + '\n\n'
              f'Total measured (sum of the notebooks\' times): `cpu` {_m(cpu_total)}; `full` {_m(full_total)}. '
-             f'Estimated `full` (one notebook at a time) for the {sum(p.stem in FULL_ESTIMATES_S for p in unrun)} '
+             f'Estimated `full` (rough: the first estimates are for one notebook alone, those of pages resized after a GPU run '
+             f'stopped them for eight sharing the GPU; see `tools/course_report.py`) for the {sum(p.stem in FULL_ESTIMATES_S for p in unrun)} '
              f'pages without a measured run that state their size: '
              f'{_m(sum(FULL_ESTIMATES_S.get(p.stem, 0) for p in unrun))}'
              + (f" ({', '.join(p.stem for p in unrun if p.stem not in FULL_ESTIMATES_S)}: no estimate yet)"
