@@ -120,8 +120,9 @@ def training_lock(path: Path, timeout: float = 4 * 3600., poll: float = 2.):
     while True:
         try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try: pid, age = int(lock.read_text() or 0), time.time() - lock.stat().st_mtime
-            except (OSError, ValueError): continue           # just released, or being written
+            try: text, age = lock.read_text().strip(), time.time() - lock.stat().st_mtime
+            except FileNotFoundError: continue               # just released
+            pid = int(text) if text.isdigit() else 0         # 0: being written (or not a pid): stale only once old
             if (pid and not _alive(pid)) or (not pid and age > 60):
                 lock.unlink(missing_ok=True); continue       # its owner died: take it over
             if time.monotonic() - t0 > timeout:
@@ -134,6 +135,8 @@ def training_lock(path: Path, timeout: float = 4 * 3600., poll: float = 2.):
     try: yield
     finally: lock.unlink(missing_ok=True)
 
+_TRAINED_HERE = set()      # cache entries this process trained: loading one again is no saving of training time
+
 def cached(name: str, config: dict, model: nn.Module, train, retrain: bool = False) -> dict:
     """Load `model`'s weights from the cache entry for (`name`, `config`), or call `train(model) -> meta` (a plain dict),
     save the trained weights with `meta`, and return `meta` (with `cached` telling which happened). Processes sharing the
@@ -144,10 +147,11 @@ def cached(name: str, config: dict, model: nn.Module, train, retrain: bool = Fal
             if retrain or not path.exists():                 # (or another process trained it while we waited)
                 meta = dict(train(model) or {})
                 save_checkpoint(path, model, config=json.loads(json.dumps(config, default=str)), **meta)
+                _TRAINED_HERE.add(path.resolve())
                 return {**meta, 'cached': False}
     meta = load_checkpoint(path, model, map_location=next(model.parameters()).device)
-    print(f'{name}: loaded from the checkpoint cache ({path.name}; trained in {meta.get("train_s", float("nan")):.0f} s '
-          f'on {meta.get("device", "?")})')
+    how = 'loaded again (trained earlier by this process)' if path.resolve() in _TRAINED_HERE else 'loaded from the checkpoint cache'
+    print(f'{name}: {how} ({path.name}; trained in {meta.get("train_s", float("nan")):.0f} s on {meta.get("device", "?")})')
     return {**meta, 'cached': True}
 
 # %% ../nbs/02_train.ipynb #24b9c361

@@ -90,3 +90,30 @@ def test_cache_entry_is_trained_once_by_concurrent_processes(tmp_path):
     assert sum(o.count('TRAINING') for o in outs) == 1, outs
     assert sorted(o.strip().splitlines()[-1] for o in outs) == ['CACHED', 'TRAINED'], outs
     assert not list(tmp_path.glob('*.lock'))
+
+
+def test_lock_that_holds_no_pid_times_out_then_is_taken_over_when_old(tmp_path):
+    "A lock file without a pid (being written, or garbage) is waited on like a live one, and taken over once old."
+    import os, time
+    from dl2021.train import training_lock
+    entry = tmp_path / 'm-0.pt'
+    lock = tmp_path / 'm-0.pt.lock'
+    lock.write_text('not a pid')
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match='delete the file'):
+        with training_lock(entry, timeout=0.2, poll=0.05): pass
+    assert time.monotonic() - t0 < 5                       # it slept and timed out; no busy loop that never ends
+    old = time.time() - 120; os.utime(lock, (old, old))
+    with training_lock(entry, timeout=0.2, poll=0.05): assert lock.read_text() == str(os.getpid())
+    assert not lock.exists()
+
+
+def test_reloading_what_this_process_trained_is_not_a_cache_hit(tmp_path, monkeypatch, capsys):
+    """The runner counts 'loaded from the checkpoint cache' as training saved; a model trained moments ago in the same
+    process and loaded again saved nothing, and says so."""
+    from dl2021.train import cached
+    monkeypatch.setenv('DL2021_CHECKPOINTS', str(tmp_path))
+    assert not cached('again', {'k': 2}, nn.Linear(2, 2), lambda m: {'train_s': 0.})['cached']
+    assert cached('again', {'k': 2}, nn.Linear(2, 2), lambda m: {'train_s': 0.})['cached']
+    out = capsys.readouterr().out
+    assert 'loaded again' in out and 'loaded from the checkpoint cache' not in out
