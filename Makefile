@@ -14,9 +14,9 @@ EXEC_PKGS := nbdev==2.4.14 execnb==0.1.18 fastcore==1.14.5 ghapi==1.1.1 einops p
 # IPython's tab completion, which a headless run never calls.
 GPU_HOST_HAS := build einops jedi packaging psutil pygments pyproject_hooks pyyaml setuptools six tqdm typing_extensions wheel
 
-.PHONY: help venv data test docs lab course unpack wheelhouse clean
+.PHONY: help venv data test docs lab course unpack wheelhouse rehearse clean
 help:
-	@echo "make lab | course [NB=nbs/xx.ipynb] | test | docs | unpack PACK=dir | wheelhouse [PYVER=3.12] | clean   (see README.md)"
+	@echo "make lab | course [NB=nbs/xx.ipynb] | test | docs | unpack PACK=dir | wheelhouse [PYVER=3.12] | rehearse [NB=...] | clean   (see README.md)"
 
 $(BIN)/.installed: settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ wheelhouse: venv data
 	cd .wheelhouse && rm -f $(foreach p,$(GPU_HOST_HAS),$(p)-*.whl)
 	$(BIN)/python tools/pack_data.py
 	@du -sh .wheelhouse data
+
+# before a GPU lease: every notebook at the smoke preset with CUDA's bfloat16 autocast forced on the CPU (tools/rehearse_gpu.py)
+rehearse: venv data
+	@$(BIN)/python tools/rehearse_gpu.py $(NB)
 
 clean:
 	rm -rf _proc _docs nbs/results.md .pytest_cache
