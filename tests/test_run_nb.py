@@ -38,3 +38,13 @@ def test_failure_leaves_notebook_untouched(tmp_path):
     assert r.returncode == 1 and 'boom' in r.stderr
     assert p.read_text() == before
     assert (tmp_path / '_failed' / 'bad.ipynb').exists()
+
+
+def test_semicolon_hides_the_value_not_the_prints(tmp_path):
+    p = tmp_path / 'semi.ipynb'
+    p.write_text(json.dumps(_nb(['print("shown"); 6 * 7;', '6 * 7;', 'x = 1;  # a comment'])))
+    r = _run(p)
+    assert r.returncode == 0, r.stderr
+    cells = json.loads(p.read_text())['cells']
+    assert [''.join(o.get('text', '')) for o in cells[0]['outputs']] == ['shown\n']      # execnb alone drops it
+    assert cells[1]['outputs'] == [] and cells[2]['outputs'] == []                       # no value shown

@@ -31,6 +31,16 @@ def _first_line(src: str) -> str:
     return ''
 
 
+def _keep_printed(shell):
+    """execnb drops everything a cell prints when the cell ends in `;` (Jupyter only hides the cell's value): run such
+    a cell with a `pass` after it, which hides the value as `;` does in Jupyter and keeps what the cell printed."""
+    run = shell._run
+    def _run(raw_cell, *args, **kwargs):
+        if raw_cell.rstrip().endswith(';'): raw_cell = raw_cell.rstrip() + '\npass'
+        return run(raw_cell, *args, **kwargs)
+    shell._run = _run
+
+
 def run_notebook(path: Path, dest: Path | None = None, progress: bool = False) -> float:
     "Execute `path`, writing it (with outputs) to `dest` (default: in place). Returns the wall time in seconds."
     from execnb.nbio import read_nb, write_nb
@@ -52,6 +62,7 @@ def run_notebook(path: Path, dest: Path | None = None, progress: bool = False) -
         return False
 
     shell = CaptureShell(path)
+    _keep_printed(shell)
     shell.set_path(path.parent)
     cwd = os.getcwd()
     os.chdir(path.parent)
