@@ -314,7 +314,8 @@ def ddim_sample(eps_fn, shape, sched: Schedule, steps: int = 50, eta: float = 0.
                 progress: bool = False, x_T: torch.Tensor | None = None, clip: bool = True, device=None,
                 trajectory: bool = False, spacing: str = 'even', cond_fn=None):
     """DDIM sampling (Song et al. 2020, eq. 12) on `steps` respaced steps of `sched`; η = 0 is deterministic. `cond_fn(x, t)`
-    (classifier guidance) is applied as guided-diffusion does: ε re-derived from the clipped x̂_0, minus √(1-ᾱ_t)·cond_fn."""
+    (classifier guidance) is applied as guided-diffusion does (ε re-derived from the clipped x̂_0, minus √(1-ᾱ_t)·cond_fn),
+    and the guided x̂_0 is clipped again (guided-diffusion does not: with the cosine schedule's ᾱ_T it explodes)."""
     if eta < 0: raise ValueError(f'eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), not {eta}')
     device = _device_of(sched, generator, x_T, device)
     if steps != sched.T or spacing != 'even': sched = respace(sched, steps, spacing)[0]
@@ -330,6 +331,7 @@ def ddim_sample(eps_fn, shape, sched: Schedule, steps: int = 50, eta: float = 0.
         if cond_fn is not None:                                    # guided-diffusion's condition_score (ADM Algorithm 2)
             eps = eps - extract(sched.sqrt_one_minus_alpha_bar, i_b, x.ndim) * cond_fn(x, t_net).float()
             x0 = predict_x0(x, i_b, eps, sched)
+            if clip: x0 = x0.clamp(-1, 1); eps = predict_eps(x, i_b, x0, sched)   # our departure: clipped again
         ab, ab_prev = sched.alpha_bar[i], sched.alpha_bar_prev[i]
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
         x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
