@@ -47,13 +47,13 @@ lab: venv data
 	@$(BIN)/jupyter lab --ServerApp.root_dir=nbs --LabApp.default_url=/lab/tree/index.ipynb \
 	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
-# ---- executing notebooks: make course [NB=...] [PRESET=cpu|full] [JOBS=n] [DEADLINE=s] [BUDGET=s] [TIMEOUT=s] [PACK=dir] [FORCE=1]
+# ---- executing notebooks: make course [NB=...] [PRESET=cpu|full] [JOBS=n] [DEADLINE=s] [BUDGET=s] [TIMEOUT=s] [PACK=dir] [FORCE=1] [RECORD_ONLY=1]
 # Uses .venv where it exists; on a GPU host without internet (a .wheelhouse/ copied from `make wheelhouse`, no .venv)
 # the host's python and torch with the wheelhouse installed into .gpu-site/; on a fresh machine it makes .venv first.
 GPU_SITE := $(CURDIR)/.gpu-site
 COURSE_ARGS = $(NB) $(if $(PRESET),--preset $(PRESET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(BUDGET),--budget $(BUDGET)) \
   $(if $(DEADLINE),--deadline $(DEADLINE)) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(PACK),--pack $(PACK)) \
-  $(if $(FORCE),--force)
+  $(if $(FORCE),--force) $(if $(RECORD_ONLY),--record-only)
 OFFLINE_ENV = DL2021_DATA=$${DL2021_DATA:-$(CURDIR)/data/fashion-mnist} \
   DL2021_FORTUNES=$${DL2021_FORTUNES:-$(CURDIR)/data/fortunes} DL2021_WORDNET=$${DL2021_WORDNET:-$(CURDIR)/data/wordnet} \
   PYTHONPATH=$(GPU_SITE):$(CURDIR)

@@ -219,3 +219,24 @@ def test_wheelhouse_keeps_what_the_runner_needs():
         assert needed not in host_has
     r = subprocess.run(['make', '-n', 'wheelhouse'], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and 'cd .wheelhouse && rm -f' in r.stdout and 'jedi-*.whl' in r.stdout
+
+
+def test_record_only_measures_without_touching_the_page(repo):
+    "--record-only: a cpu run of a page that shows other outputs is recorded; the page and its outputs stay."
+    nb = _write(repo, '03_r.ipynb', ['print(6 * 7)'])
+    assert _course(nb).returncode == 0                                       # the page now shows cpu outputs
+    r = _course(nb, '--record-only')                                         # its own preset: refused, nothing changes
+    assert r.returncode == 1 and 'run it without --record-only' in r.stdout
+    rec = read_provenance(nb)                                                # make the page look like a full run's
+    rec['runs']['full'] = {**rec['runs'].pop('cpu'), 'preset': 'full', 'device': 'GPU'}
+    rec['outputs'] = 'full'
+    from dl2021.provenance import provenance_path
+    provenance_path(nb).write_text(json.dumps(rec))
+    page = nb.read_text()
+    r = _course(nb, '--record-only')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert nb.read_text() == page                                            # outputs untouched
+    rec = read_provenance(nb)
+    assert rec['outputs'] == 'full' and rec['runs']['cpu']['page'] is False and rec['runs']['cpu']['wall_s'] >= 0
+    assert check_notebook(nb)[0] == 'ok'                                     # the page still matches its full run
+    assert 'skipped (up to date)' in _course(nb, '--record-only').stdout     # recorded for this code: skipped

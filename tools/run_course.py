@@ -74,6 +74,13 @@ def up_to_date(nb: Path, preset: str) -> bool:
     return run['code_hash'] == code_hash(nb) and run.get('output_hashes') == output_hashes(nb)
 
 
+def recorded(nb: Path, preset: str) -> bool:
+    "Is a `preset` run of `nb`'s present code in its provenance record (whether or not the page shows its outputs)?"
+    from dl2021.provenance import read_provenance, code_hash
+    run = ((read_provenance(nb) or {}).get('runs') or {}).get(preset)
+    return bool(run) and run['code_hash'] == code_hash(nb)
+
+
 def record_attempt(nb: Path, preset: str, status: str, wall: float, device: str, jobs: int):
     """Note in `nb`'s provenance record that its run at `preset` did not finish (stopped at the budget, timed out or
     failed): the notebook's outputs are untouched, but how far the run got is what sizes the next one. A later run that
@@ -113,16 +120,18 @@ def _write_record(p: Path, rec: dict):
 
 
 class Job:
-    def __init__(self, nb, preset, threads, timeout, log, jobs=1):
+    def __init__(self, nb, preset, threads, timeout, log, jobs=1, record_only=False):
         self.nb, self.preset, self.timeout, self.log, self.jobs = nb, preset, timeout, log, jobs
         self.report = Path(tempfile.mkstemp(suffix='.json')[1])
+        # --record-only: the executed copy goes to a temporary folder; the page is left as it is
+        self.out = Path(tempfile.mkdtemp()) / nb.name if record_only else None
         env = {**os.environ, 'DL2021_PRESET': preset, 'DL2021_PROGRESS': '0', 'MPLBACKEND': 'Agg',
                'PYTHONUNBUFFERED': '1'}
         env.pop('IN_TEST', None)
         if threads: env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(threads)
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, str(ROOT / 'tools' / 'run_nb.py'), str(nb), '--progress',
-                                      '--report', str(self.report)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      '--report', str(self.report)] + (['--out', str(self.out)] if self.out else []), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.tail = []
         self.reader = threading.Thread(target=self._read, daemon=True); self.reader.start()
@@ -154,24 +163,40 @@ class Job:
             self.log('\n'.join(f'    {l}' for l in self.tail[-25:]))
             return 'failed', wall, ''
         rep = json.loads(self.report.read_text())
-        from dl2021.provenance import write_provenance
+        from dl2021.provenance import write_provenance, read_provenance, provenance_path, output_hashes
+        before = read_provenance(self.nb)
         write_provenance(self.nb, rep['preset'], rep['device'], rep['wall_s'], rep['torch'],
                          jobs=self.jobs,       # notebooks at a time: they share the machine
-                         cached_models=cached_models(self.nb))
+                         cached_models=cached_models(self.out or self.nb))
+        if self.out:                          # the run is recorded, the page keeps the outputs it had
+            rec = read_provenance(self.nb)
+            rec['runs'][rep['preset']]['output_hashes'] = output_hashes(self.out)
+            rec['runs'][rep['preset']]['page'] = False
+            if before and before.get('outputs'): rec['outputs'] = before['outputs']
+            else: rec.pop('outputs', None)
+            _write_record(provenance_path(self.nb), rec)
+            self.out.unlink(); self.out.parent.rmdir()
         _drop_attempt(self.nb, rep['preset'])
         return 'ok', rep['wall_s'], rep['device']
 
 
-def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=None, budget=None, device=''):
+def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=None, budget=None, device='',
+        record_only=False):
     """Execute `nbs` (already ordered); returns rows (notebook, preset, device, wall_s, status). A notebook that does
-    not finish gets an attempt note in its provenance record (on `device`)."""
+    not finish gets an attempt note in its provenance record (on `device`). With `record_only` the executed notebooks
+    are thrown away: their result records and their runs in the provenance records are kept, the pages are left as
+    they are (e.g. to measure the `cpu` preset of a page that shows `full` outputs)."""
     lock = threading.Lock()
     def log(msg):
         with lock: print(msg, flush=True)
+    from dl2021.provenance import read_provenance
     pending, running, rows, finished = list(nbs), {}, {}, set()
     names = {p.stem for p in nbs}
     for nb in list(pending):
-        if not force and up_to_date(nb, preset):
+        if record_only and (read_provenance(nb) or {}).get('outputs') == preset:   # its run must stay the page's
+            rows[nb.stem] = (nb, preset, '', 0., f'not run (the page shows {preset} outputs: run it without --record-only)')
+            pending.remove(nb); finished.add(nb.stem); continue
+        if not force and (recorded(nb, preset) if record_only else up_to_date(nb, preset)):
             rows[nb.stem] = (nb, preset, '', 0., 'skipped (up to date)'); pending.remove(nb); finished.add(nb.stem)
     t_start = time.perf_counter()                         # the deadline counts from here, once the skips are known
     while pending or running:
@@ -204,7 +229,7 @@ def run(nbs, preset, jobs=1, deadline=None, timeout=None, force=False, threads=N
                 rows[nb.stem] = (nb, preset, '', 0., f'not run ({", ".join(failed_dep)} failed)'); finished.add(nb.stem)
                 continue
             log(f'== {nb.name}: starting at the {preset} preset ({time.perf_counter() - t_start:.0f} s into the run)')
-            running[nb] = Job(nb, preset, threads, timeout, log, jobs)
+            running[nb] = Job(nb, preset, threads, timeout, log, jobs, record_only)
         if past and pending:
             for nb in pending: rows[nb.stem] = (nb, preset, '', 0., 'not started (deadline)')
             pending = []
@@ -321,6 +346,8 @@ def main(argv=None):
                    'the finished ones are reported and packed')
     p.add_argument('--timeout', type=float, help='seconds after which a notebook is stopped (left untouched)')
     p.add_argument('--force', action='store_true', help='run notebooks even if their outputs are up to date')
+    p.add_argument('--record-only', action='store_true', help='execute into a temporary copy: write the result records '
+                   'and the run into the provenance record, leave the page and its outputs as they are')
     p.add_argument('--pack', type=Path, help='write the run into archives in this folder (for make unpack)')
     p.add_argument('--unpack', type=Path, help='apply archives (a folder or one file) to this checkout, then stop')
     a = p.parse_args(argv)
@@ -341,7 +368,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     from dl2021.core import device_name
     dev = device_name() if preset == 'full' or not threads else f'CPU ({os.cpu_count()} cores, {threads} torch threads)'
-    rows = run(nbs, preset, a.jobs, a.deadline, a.timeout, a.force, threads, a.budget, dev)
+    rows = run(nbs, preset, a.jobs, a.deadline, a.timeout, a.force, threads, a.budget, dev, a.record_only)
     print('\n' + table(rows))
     print(f'total {time.perf_counter() - t0:.0f} s')
     if any(nb.parent == ROOT / 'nbs' for nb in nbs): _report()
