@@ -11,11 +11,11 @@ from .data import fashion_mnist
 from .train import fit, EMA, cached
 
 # %% auto #0
-__all__ = ['SPACINGS', 'CHAPTER_RECIPES', 'linear_betas', 'cosine_betas', 'Schedule', 'extract', 'q_sample', 'q_posterior',
-           'predict_x0', 'predict_eps', 'timestep_embedding', 'norm', 'zero_init', 'TimestepResBlock', 'SelfAttention',
-           'Downsample', 'Upsample', 'UNet', 'ddpm_loss', 'cpu_autocast', 'make_diffusion_step', 'learned_log_variance',
-           'as_eps_fn', 'ddpm_sample', 'respaced_steps', 'respace', 'ddim_sample', 'make_schedule', 'make_unet',
-           'seeded_unet', 'fit_cached', 'chapter_unet', 'sample_many']
+__all__ = ['SPACINGS', 'GUIDE_MIN_ALPHA_BAR', 'CHAPTER_RECIPES', 'linear_betas', 'cosine_betas', 'Schedule', 'extract',
+           'q_sample', 'q_posterior', 'predict_x0', 'predict_eps', 'timestep_embedding', 'norm', 'zero_init',
+           'TimestepResBlock', 'SelfAttention', 'Downsample', 'Upsample', 'UNet', 'ddpm_loss', 'cpu_autocast',
+           'make_diffusion_step', 'learned_log_variance', 'as_eps_fn', 'ddpm_sample', 'respaced_steps', 'respace',
+           'ddim_sample', 'make_schedule', 'make_unet', 'seeded_unet', 'fit_cached', 'chapter_unet', 'sample_many']
 
 # %% ../nbs/20_ddpm.ipynb #451c168a
 def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
@@ -309,13 +309,15 @@ def respace(sched: Schedule, steps: int, spacing: str = 'even') -> tuple[Schedul
     betas = 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
     return Schedule(betas, timesteps=sched.timesteps[S]), sched.timesteps[S]
 
+GUIDE_MIN_ALPHA_BAR = 1e-6   # below this ᾱ_t (signal-to-noise ratio ≈ 0) DDIM applies no classifier guidance
+
 @torch.no_grad()
 def ddim_sample(eps_fn, shape, sched: Schedule, steps: int = 50, eta: float = 0., generator: torch.Generator | None = None,
                 progress: bool = False, x_T: torch.Tensor | None = None, clip: bool = True, device=None,
                 trajectory: bool = False, spacing: str = 'even', cond_fn=None):
     """DDIM sampling (Song et al. 2020, eq. 12) on `steps` respaced steps of `sched`; η = 0 is deterministic. `cond_fn(x, t)`
     (classifier guidance) is applied as guided-diffusion does (ε re-derived from the clipped x̂_0, minus √(1-ᾱ_t)·cond_fn),
-    and the guided x̂_0 is clipped again (guided-diffusion does not: with the cosine schedule's ᾱ_T it explodes)."""
+    except at steps with ᾱ_t ≤ `GUIDE_MIN_ALPHA_BAR` (t = T of the cosine schedule, where x_t carries no information)."""
     if eta < 0: raise ValueError(f'eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), not {eta}')
     device = _device_of(sched, generator, x_T, device)
     if steps != sched.T or spacing != 'even': sched = respace(sched, steps, spacing)[0]
@@ -328,10 +330,9 @@ def ddim_sample(eps_fn, shape, sched: Schedule, steps: int = 50, eta: float = 0.
         eps = _split_out(eps_fn(x, t_net))[0].float()
         x0 = predict_x0(x, i_b, eps, sched)
         if clip: x0 = x0.clamp(-1, 1); eps = predict_eps(x, i_b, x0, sched)
-        if cond_fn is not None:                                    # guided-diffusion's condition_score (ADM Algorithm 2)
-            eps = eps - extract(sched.sqrt_one_minus_alpha_bar, i_b, x.ndim) * cond_fn(x, t_net).float()
+        if cond_fn is not None and sched.alpha_bar[i] > GUIDE_MIN_ALPHA_BAR:   # guided-diffusion's condition_score
+            eps = eps - extract(sched.sqrt_one_minus_alpha_bar, i_b, x.ndim) * cond_fn(x, t_net).float()   # (ADM Alg. 2)
             x0 = predict_x0(x, i_b, eps, sched)
-            if clip: x0 = x0.clamp(-1, 1); eps = predict_eps(x, i_b, x0, sched)   # our departure: clipped again
         ab, ab_prev = sched.alpha_bar[i], sched.alpha_bar_prev[i]
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
         x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps

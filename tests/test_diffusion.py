@@ -280,3 +280,14 @@ def test_improved_ddpm_pieces():
     l_h.backward()
     assert m.out[-1].weight.grad[1].abs().sum() > 0
     with pytest.raises(ValueError, match='c_out = 2'): hybrid_loss(UNet(ch=8, ch_mult=(1,), n_res=1, attn_res=()), x0, s)
+
+
+def test_ddim_guides_nowhere_without_signal():
+    "DDIM applies no classifier guidance where ᾱ_t ≤ GUIDE_MIN_ALPHA_BAR (t = T of the cosine schedule), and guides elsewhere."
+    from dl2021.diffusion import GUIDE_MIN_ALPHA_BAR, make_schedule, CHAPTER_RECIPES
+    s = make_schedule(CHAPTER_RECIPES['smoke'])
+    assert s.alpha_bar[-1] <= GUIDE_MIN_ALPHA_BAR < s.alpha_bar[-2]           # only the last step of the cosine schedule
+    x_T, f = torch.randn(2, 1, 4, 4), lambda x, t: 0.1 * x
+    g = lambda x, t: torch.full_like(x, 0.3)
+    assert torch.equal(ddim_sample(f, None, s, steps=1, x_T=x_T, cond_fn=g), ddim_sample(f, None, s, steps=1, x_T=x_T))
+    assert not torch.allclose(ddim_sample(f, None, s, steps=3, x_T=x_T, cond_fn=g), ddim_sample(f, None, s, steps=3, x_T=x_T))
