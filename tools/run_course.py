@@ -19,7 +19,7 @@
 - Prints progress per cell of every notebook, and a table at the end: notebook, preset, device, wall time, status.
 Exit status: 0 if every notebook asked for ran or was skipped, 1 otherwise.
 """
-import argparse, hashlib, io, json, os, re, subprocess, sys, tarfile, tempfile, threading, time
+import argparse, hashlib, io, json, os, re, shutil, subprocess, sys, tarfile, tempfile, threading, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,9 +130,9 @@ class Job:
         env.pop('IN_TEST', None)
         if threads: env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(threads)
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / 'tools' / 'run_nb.py'), str(nb), '--progress',
-                                      '--report', str(self.report)] + (['--out', str(self.out)] if self.out else []), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        cmd = [sys.executable, str(ROOT / 'tools' / 'run_nb.py'), str(nb), '--progress', '--report', str(self.report)]
+        if self.out: cmd += ['--out', str(self.out)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.tail = []
         self.reader = threading.Thread(target=self._read, daemon=True); self.reader.start()
 
@@ -155,12 +155,14 @@ class Job:
     def stop(self, status='stopped (budget)'):
         "Stop the notebook now (its timeout, or the run's budget): the notebook file is left untouched."
         self.proc.kill(); self.proc.wait(); self.reader.join(5)
+        if self.out: shutil.rmtree(self.out.parent, ignore_errors=True)
         return status, time.perf_counter() - self.t0, ''
 
     def _finish(self, rc, wall):
         self.reader.join(5)
         if rc != 0:
             self.log('\n'.join(f'    {l}' for l in self.tail[-25:]))
+            if self.out: shutil.rmtree(self.out.parent, ignore_errors=True)
             return 'failed', wall, ''
         rep = json.loads(self.report.read_text())
         from dl2021.provenance import write_provenance, read_provenance, provenance_path, output_hashes
@@ -175,7 +177,7 @@ class Job:
             if before and before.get('outputs'): rec['outputs'] = before['outputs']
             else: rec.pop('outputs', None)
             _write_record(provenance_path(self.nb), rec)
-            self.out.unlink(); self.out.parent.rmdir()
+            shutil.rmtree(self.out.parent, ignore_errors=True)
         _drop_attempt(self.nb, rep['preset'])
         return 'ok', rep['wall_s'], rep['device']
 
