@@ -34,3 +34,18 @@ def test_results_readme_is_generated_from_the_records():
     "results/README.md (wall time of every notebook) comes from the provenance records, never typed in."
     r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'course_report.py'), '--check'], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_headline_table_checks_the_cpu_bar(tmp_path):
+    "results/README.md's headline table: ≥ 87 % in ≤ 5 minutes of training, from the records of notebooks 00-16."
+    import importlib.util, json
+    spec = importlib.util.spec_from_file_location('course_report', ROOT / 'tools' / 'course_report.py')
+    cr = importlib.util.module_from_spec(spec); spec.loader.exec_module(cr)
+    (tmp_path / 'results').mkdir()
+    base = dict(metric='Fashion-MNIST test accuracy', device='CPU')
+    for name, nb, ours, train_s in (('a', '10_a.ipynb', 0.88, 200.), ('b', '11_b.ipynb', 0.88, 301.),
+                                    ('c', '12_c.ipynb', 0.86, 100.), ('d', '40_d.ipynb', 0.5, 10.)):
+        (tmp_path / 'results' / f'{name}.cpu.json').write_text(json.dumps(dict(base, notebook=nb, paper=name, ours=ours,
+                                                                                 train_s=train_s)))
+    rows = [l for l in cr.headline(tmp_path).splitlines() if l.startswith('| 1')]
+    assert [r.split(' | ')[-1] for r in rows] == ['yes |', '**no** |', '**no** |']     # 40_d is not a headline page
