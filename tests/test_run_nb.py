@@ -48,3 +48,50 @@ def test_semicolon_hides_the_value_not_the_prints(tmp_path):
     cells = json.loads(p.read_text())['cells']
     assert [''.join(o.get('text', '')) for o in cells[0]['outputs']] == ['shown\n']      # execnb alone drops it
     assert cells[1]['outputs'] == [] and cells[2]['outputs'] == []                       # no value shown
+
+
+def _png(px):
+    import io
+    from PIL import Image
+    b = io.BytesIO(); Image.fromarray(px, 'RGBA').save(b, 'PNG'); return b.getvalue()
+
+
+def _pixels(data):
+    import io
+    import numpy as np
+    from PIL import Image
+    return np.asarray(Image.open(io.BytesIO(data)).convert('RGBA'))
+
+
+def test_shrink_png_is_lossless_and_smaller():
+    import numpy as np
+    sys.path.insert(0, str(ROOT / 'tools'))
+    from run_nb import shrink_png
+    rng = np.random.default_rng(0)
+    few = np.full((60, 80, 4), 255, np.uint8); few[10:30, 5:50, :3] = (30, 119, 180)      # a figure: few colours
+    many = np.full((60, 80, 4), 255, np.uint8); many[..., :3] = rng.integers(0, 256, (60, 80, 3))   # > 256 colours
+    clear = few.copy(); clear[0, 0, 3] = 0                                                 # not opaque: keeps alpha
+    for px in (few, many, clear):
+        data = _png(px)
+        new = shrink_png(data)
+        assert len(new) <= len(data)
+        np.testing.assert_array_equal(_pixels(new), px)
+    assert len(shrink_png(_png(few))) < len(_png(few)) // 2                                # palette + no alpha
+
+
+def test_shrink_flag_rewrites_png_outputs_only(tmp_path):
+    import base64
+    import numpy as np
+    px = np.full((50, 70, 4), 255, np.uint8); px[5:20, 5:40, :3] = (200, 30, 30)
+    b64 = base64.b64encode(_png(px)).decode()
+    nb = _nb(['print(1)'])
+    nb['cells'][0]['outputs'] = [{'output_type': 'display_data', 'metadata': {},
+                                  'data': {'image/png': b64, 'text/plain': ['<Figure>']}}]
+    p = tmp_path / 'fig.ipynb'
+    p.write_text(json.dumps(nb))
+    r = subprocess.run([sys.executable, 'tools/run_nb.py', '--shrink', str(p)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(p.read_text())['cells'][0]['outputs'][0]['data']
+    assert len(out['image/png']) < len(b64) and out['text/plain'] == ['<Figure>']
+    np.testing.assert_array_equal(_pixels(base64.b64decode(out['image/png'])), px)
+    assert json.loads(p.read_text())['cells'][0]['source'] == 'print(1)'

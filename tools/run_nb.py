@@ -7,8 +7,10 @@ is chosen as everywhere in the course (`DL2021_PRESET`, else `full` with CUDA an
 written to `_failed/<name>.ipynb` beside it (a folder nbdev skips), and the exit status is 1. Outputs are cleaned the
 nbdev way (`nbdev_clean`), so the result can be committed as is (with the provenance record the runner writes).
 With `--progress`, a line per cell says which cell runs and how long the notebook has been running.
+PNG outputs are re-encoded losslessly before writing (same pixels, smaller file: see `shrink_png`); `--shrink` does only
+that, to notebooks already executed.
 """
-import argparse, json, os, sys, time
+import argparse, base64, io, json, os, sys, time
 from pathlib import Path
 
 
@@ -39,6 +41,54 @@ def _keep_printed(shell):
         if raw_cell.rstrip().endswith(';'): raw_cell = raw_cell.rstrip() + '\npass'
         return run(raw_cell, *args, **kwargs)
     shell._run = _run
+
+
+def shrink_png(data: bytes) -> bytes:
+    """The smallest lossless encoding of the PNG `data`: fully opaque RGBA becomes RGB, ≤ 256 colours become a palette,
+    and zlib is run with `optimize`. Pixels are checked to be identical; `data` itself is returned if nothing is smaller."""
+    import numpy as np
+    from PIL import Image
+    im = Image.open(io.BytesIO(data)); im.load()
+    px = np.asarray(im.convert('RGBA'))                                    # (H, W, 4): what a browser shows
+    cands = []
+    if (px[..., 3] == 255).all():
+        rgb = px[..., :3]
+        cands.append(Image.fromarray(rgb, 'RGB'))
+        key = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+        colours, idx = np.unique(key, return_inverse=True)
+        if len(colours) <= 256:
+            pal = Image.fromarray(idx.reshape(key.shape).astype(np.uint8), 'P')
+            pal.putpalette(np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], 1).astype(np.uint8).ravel().tolist())
+            cands.append(pal)
+    else: cands.append(im.convert('RGBA') if im.mode != 'RGBA' else im)
+    best = data
+    for c in cands:
+        b = io.BytesIO(); c.save(b, 'PNG', optimize=True); new = b.getvalue()
+        if len(new) < len(best) and np.array_equal(np.asarray(Image.open(io.BytesIO(new)).convert('RGBA')), px): best = new
+    return best
+
+
+def shrink_outputs(cells) -> int:
+    "Re-encode every PNG output of `cells` (notebook JSON cells, changed in place) with `shrink_png`; returns bytes saved."
+    saved = 0
+    for c in cells:
+        for o in c.get('outputs', []) or []:
+            d = o.get('data') or {}
+            if 'image/png' not in d: continue
+            b64 = ''.join(d['image/png']) if isinstance(d['image/png'], list) else d['image/png']
+            new = base64.b64encode(shrink_png(base64.b64decode(b64))).decode()
+            if len(new) < len(b64): saved += len(b64) - len(new); d['image/png'] = new
+    return saved
+
+
+def shrink_notebook(path: Path) -> int:
+    "Shrink the PNG outputs of the notebook file `path` in place (written whole, then renamed); returns bytes saved."
+    nb = json.loads(path.read_text())
+    saved = shrink_outputs(nb['cells'])
+    if saved:
+        part = path.with_name(f'_{path.stem}.part.ipynb')
+        part.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n'); os.replace(part, path)
+    return saved
 
 
 def run_notebook(path: Path, dest: Path | None = None, progress: bool = False) -> float:
@@ -78,6 +128,7 @@ def run_notebook(path: Path, dest: Path | None = None, progress: bool = False) -
         write_nb(nb, failed)
         sys.stderr.write(shell.prettytb(fname=path) + f'\nPartly executed notebook written to {failed}\n')
         raise SystemExit(1)
+    shrink_outputs(nb.cells)
     part = dest.with_name(f'_{dest.stem}.part.ipynb')  # written whole, then renamed: a run stopped meanwhile leaves
     write_nb(nb, part)                                 # the notebook as it was
     try:
@@ -95,7 +146,11 @@ def main():
     p.add_argument('--out', type=Path, help='write the executed notebook here instead of in place (one notebook only)')
     p.add_argument('--progress', action='store_true', help='print a line as each cell starts')
     p.add_argument('--report', type=Path, help='write {wall_s, device, torch} of the run as JSON here (one notebook only)')
+    p.add_argument('--shrink', action='store_true', help='only re-encode the PNG outputs losslessly (no execution)')
     a = p.parse_args()
+    if a.shrink:
+        for nb in a.notebooks: print(f'{nb}: {shrink_notebook(nb) / 1024:.0f} KiB of outputs saved', flush=True)
+        return
     if (a.out or a.report) and len(a.notebooks) > 1: p.error('--out and --report take one notebook')
     os.environ.setdefault('DL2021_PROGRESS', '0')        # no progress widgets in saved outputs
     os.environ.setdefault('MPLBACKEND', 'Agg')
