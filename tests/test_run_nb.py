@@ -95,3 +95,31 @@ def test_shrink_flag_rewrites_png_outputs_only(tmp_path):
     assert len(out['image/png']) < len(b64) and out['text/plain'] == ['<Figure>']
     np.testing.assert_array_equal(_pixels(base64.b64decode(out['image/png'])), px)
     assert json.loads(p.read_text())['cells'][0]['source'] == 'print(1)'
+
+
+def test_shrink_resigns_only_the_recorded_run(tmp_path):
+    "A notebook whose outputs are its recorded run's stays valid after --shrink; outputs the record lacks stay foreign."
+    import base64
+    import numpy as np
+    sys.path.insert(0, str(ROOT))
+    from dl2021.provenance import write_provenance, check_notebook
+    (tmp_path / 'settings.ini').write_text('[DEFAULT]\n')
+    (tmp_path / 'nbs').mkdir()
+    px = np.full((50, 70, 4), 255, np.uint8); px[5:20, 5:40, :3] = (20, 160, 60)
+    fig = {'output_type': 'display_data', 'metadata': {},
+           'data': {'image/png': base64.b64encode(_png(px)).decode(), 'text/plain': ['<Figure>']}}
+    for name in ('rec', 'edited'):
+        nb = _nb(['plot()'])
+        nb['cells'][0]['outputs'] = [fig]
+        p = tmp_path / 'nbs' / f'{name}.ipynb'
+        p.write_text(json.dumps(nb))
+        write_provenance(p, 'cpu', 'CPU', 1.0)
+    edited = tmp_path / 'nbs' / 'edited.ipynb'                      # an output changed after its run was recorded
+    nb = json.loads(edited.read_text()); nb['cells'][0]['outputs'][0]['data']['text/plain'] = ['<edited>']
+    edited.write_text(json.dumps(nb))
+    assert check_notebook(edited)[0] == 'error'
+    r = subprocess.run([sys.executable, 'tools/run_nb.py', '--shrink', str(tmp_path / 'nbs' / 'rec.ipynb'), str(edited)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert check_notebook(tmp_path / 'nbs' / 'rec.ipynb')[0] == 'ok'
+    assert check_notebook(edited)[0] == 'error'

@@ -82,12 +82,23 @@ def shrink_outputs(cells) -> int:
 
 
 def shrink_notebook(path: Path) -> int:
-    "Shrink the PNG outputs of the notebook file `path` in place (written whole, then renamed); returns bytes saved."
+    """Shrink the PNG outputs of the notebook file `path` in place (written whole, then renamed); returns bytes saved.
+    If its outputs are those of the run its provenance record names, the record's output fingerprints are updated to
+    the re-encoded outputs (the pixels were checked equal); outputs the record does not know are left unsigned."""
+    from dl2021.provenance import read_provenance, provenance_path, output_hashes
+    path = Path(path)
     nb = json.loads(path.read_text())
+    rec = read_provenance(path)
+    run = rec['runs'][rec['outputs']] if rec and rec.get('outputs') in rec.get('runs', {}) else None
+    signed = run is not None and set(output_hashes(nb)) <= set(run.get('output_hashes', []))
     saved = shrink_outputs(nb['cells'])
     if saved:
         part = path.with_name(f'_{path.stem}.part.ipynb')
         part.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n'); os.replace(part, path)
+        if signed:
+            run['output_hashes'] = output_hashes(path)
+            rp = provenance_path(path); tmp = rp.with_suffix('.tmp')
+            tmp.write_text(json.dumps(rec, indent=2, ensure_ascii=False) + '\n', encoding='utf-8'); os.replace(tmp, rp)
     return saved
 
 
@@ -148,6 +159,7 @@ def main():
     p.add_argument('--report', type=Path, help='write {wall_s, device, torch} of the run as JSON here (one notebook only)')
     p.add_argument('--shrink', action='store_true', help='only re-encode the PNG outputs losslessly (no execution)')
     a = p.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     if a.shrink:
         for nb in a.notebooks: print(f'{nb}: {shrink_notebook(nb) / 1024:.0f} KiB of outputs saved', flush=True)
         return
@@ -155,7 +167,6 @@ def main():
     os.environ.setdefault('DL2021_PROGRESS', '0')        # no progress widgets in saved outputs
     os.environ.setdefault('MPLBACKEND', 'Agg')
     import torch
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from dl2021.core import device_name
     from dl2021.presets import preset_name
     dev = device_name()
