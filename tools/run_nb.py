@@ -97,8 +97,8 @@ def shrink_notebook(path: Path) -> int:
         part.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n'); os.replace(part, path)
         if signed:
             run['output_hashes'] = output_hashes(path)
-            rp = provenance_path(path); tmp = rp.with_suffix('.tmp')
-            tmp.write_text(json.dumps(rec, indent=2, ensure_ascii=False) + '\n', encoding='utf-8'); os.replace(tmp, rp)
+            from run_course import _write_record
+            _write_record(provenance_path(path), rec)
     return saved
 
 
