@@ -42,7 +42,7 @@ def test_headline_table_checks_the_cpu_bar(tmp_path):
     spec = importlib.util.spec_from_file_location('course_report', ROOT / 'tools' / 'course_report.py')
     cr = importlib.util.module_from_spec(spec); spec.loader.exec_module(cr)
     (tmp_path / 'results').mkdir()
-    base = dict(metric='Fashion-MNIST test accuracy', device='CPU')
+    base = dict(metric='Fashion-MNIST test accuracy', device='CPU', preset='cpu', wall_s=1., seed=0, git_rev='abc')
     for name, nb, ours, train_s in (('a', '10_a.ipynb', 0.88, 200.), ('b', '11_b.ipynb', 0.88, 301.),
                                     ('c', '12_c.ipynb', 0.86, 100.), ('d', '40_d.ipynb', 0.5, 10.)):
         (tmp_path / 'results' / f'{name}.cpu.json').write_text(json.dumps(dict(base, notebook=nb, paper=name, ours=ours,

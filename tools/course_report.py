@@ -85,10 +85,9 @@ def _unfinished(est, rec) -> str:
 def headline(root: Path = ROOT) -> str:
     """The headline classifier of each notebook of 00-16 at `cpu`, from its result record: Fashion-MNIST test accuracy
     and training time, against the course's bar for that preset (at least 87 % in at most 5 minutes of training)."""
-    import json
-    recs = [json.loads(p.read_text()) for p in sorted((root / 'results').glob('*.cpu.json'))]
-    recs = sorted((r for r in recs if r.get('notebook', '')[:1] in '01' and 'train_s' in r
-                   and r.get('metric', '').startswith('Fashion-MNIST test accuracy')), key=lambda r: r['notebook'])
+    from dl2021.results import load_results
+    recs = [r for r in load_results(root / 'results') if r['preset'] == 'cpu' and (r['notebook'] or '')[:1] in '01'
+            and 'train_s' in r and r['metric'].startswith('Fashion-MNIST test accuracy')]
     if not recs: return ''
     rows = [f"| {r['notebook']} | {r['paper']} | {100 * r['ours']:.2f} % | {r['train_s']:.0f} s | {r['device']} | "
             f"{'yes' if r['ours'] >= 0.87 and r['train_s'] <= 300 else '**no**'} |" for r in recs]

@@ -152,17 +152,21 @@ class Job:
             return None
         return self._finish(rc, wall)
 
+    def _drop_out(self):
+        "Remove the --record-only copy's temporary folder, if any."
+        if self.out: shutil.rmtree(self.out.parent, ignore_errors=True)
+
     def stop(self, status='stopped (budget)'):
         "Stop the notebook now (its timeout, or the run's budget): the notebook file is left untouched."
         self.proc.kill(); self.proc.wait(); self.reader.join(5)
-        if self.out: shutil.rmtree(self.out.parent, ignore_errors=True)
+        self._drop_out()
         return status, time.perf_counter() - self.t0, ''
 
     def _finish(self, rc, wall):
         self.reader.join(5)
         if rc != 0:
             self.log('\n'.join(f'    {l}' for l in self.tail[-25:]))
-            if self.out: shutil.rmtree(self.out.parent, ignore_errors=True)
+            self._drop_out()
             return 'failed', wall, ''
         rep = json.loads(self.report.read_text())
         from dl2021.provenance import write_provenance, read_provenance, provenance_path, output_hashes
@@ -177,7 +181,7 @@ class Job:
             if before and before.get('outputs'): rec['outputs'] = before['outputs']
             else: rec.pop('outputs', None)
             _write_record(provenance_path(self.nb), rec)
-            shutil.rmtree(self.out.parent, ignore_errors=True)
+            self._drop_out()
         _drop_attempt(self.nb, rep['preset'])
         return 'ok', rep['wall_s'], rep['device']
 
